@@ -1,0 +1,3 @@
+from smotune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Argument parsing only: each command calls one function of the package.
+
+Heavy modules (torch, ray, mlflow) are imported inside the commands, after the
+config has been loaded and checked, so a user's mistake is reported in one
+line (exit code 2) before any cluster starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from smotune.errors import EXIT_USER_ERROR, UserError
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from smotune.data import synth
+
+    summary = synth.generate(
+        args.out,
+        train_samples=args.samples,
+        shards=args.shards,
+        eval_per_class=args.eval_per_class,
+        seed=args.seed,
+    )
+    print(summary)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from smotune import config
+
+    cfg = config.load_train(args.config)
+    overrides = {"epochs": args.epochs, "workers.num": args.workers}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        from smotune.space import apply
+
+        cfg = apply(cfg, overrides, where="command line")
+    from smotune.trial import run_train
+
+    run_train(cfg, storage=args.storage, name=args.name)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from smotune import config
+
+    sweep_cfg = config.load_sweep(args.file)
+    from smotune.sweep import run_sweep
+
+    run_sweep(sweep_cfg, sweep_file=args.file, resume=args.resume)
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from smotune.export import export_best
+
+    print(
+        export_best(
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+            out=args.out,
+            fmt=args.format,
+            epochs=args.epochs,
+            workers=args.workers,
+            address=args.address,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smotune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_cmd", required=True)
+    synth = data.add_parser("synth", help="write the synthetic captioned-shapes shards")
+    synth.add_argument("--out", default="data/synth")
+    synth.add_argument("--samples", type=int, default=20000, help="training pairs")
+    synth.add_argument("--shards", type=int, default=8)
+    synth.add_argument("--eval-per-class", type=int, default=20)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_data_synth)
+
+    train = sub.add_parser("train", help="run one train config as a Ray Train job")
+    train.add_argument("config")
+    train.add_argument("--storage", default="runs", help="checkpoint storage (path or URI)")
+    train.add_argument("--name", default=None, help="run name (default: the config's stem)")
+    train.add_argument("--epochs", type=int, default=None, help="override epochs")
+    train.add_argument("--workers", type=int, default=None, help="override workers.num")
+    train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="run a sweep file (Tune + Optuna + ASHA + MLflow)")
+    sweep.add_argument("file")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.set_defaults(func=_sweep)
+
+    best = sub.add_parser("best", help="export the best completed trial of a sweep")
+    best.add_argument("--experiment", required=True, help="MLflow experiment (the sweep name)")
+    best.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite")
+    best.add_argument("--out", default="best.yaml")
+    best.add_argument("--format", choices=["yaml", "cmd", "open_clip_train"], default="yaml")
+    best.add_argument("--epochs", type=int, default=None, help="epochs of the full run")
+    best.add_argument("--workers", type=int, default=None, help="workers of the full run")
+    best.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address")
+    best.set_defaults(func=_best)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"smotune: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -1,0 +1,392 @@
+"""Train configs and sweep files: pydantic models, YAML loading, one clear error per mistake.
+
+A *train config* fully describes one training run. A *sweep file* is a train
+config (``train:``) plus a ``space:`` of dotted paths into it and the sweep's
+own settings. Every mistake is raised as :class:`smotune.errors.UserError`
+naming the file, the field and the fix.
+
+Relative local data paths are kept as written (so an exported config stays
+portable) and checked against the directory the command runs in;
+:func:`absolute_paths` turns them into absolute ones before a run leaves that
+directory (Ray workers and Tune trials run elsewhere).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smotune.errors import UserError
+
+REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "http://", "https://", "pipe:", "hf://", "azure://")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    arch: str = Field("tiny-vit", description="open_clip model name (ViT-B-32, RN50, tiny-vit, ...)")
+    text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on text-block outputs")
+
+
+class DataConfig(_Strict):
+    train: str | list[str] = Field(..., description="webdataset shards: brace pattern, list, URLs")
+    zeroshot: str = Field(..., description="zero-shot eval set: clip_benchmark wds dir or folders")
+    zeroshot_split: str = "test"
+    rewrite_prob: float = Field(0.0, ge=0.0, le=1.0, description="LaCLIP: P(use a rewrite)")
+    shuffle_buffer: int = Field(1000, ge=0)
+    loader_workers: int = Field(1, ge=0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="fixed epoch length per worker")
+
+
+class LossConfig(_Strict):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    local_loss: bool = False
+    gather_with_grad: bool = True
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1.0e-3, gt=0.0)
+    min_lr: float = Field(1.0e-5, ge=0.0, description="floor of the cosine schedule")
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.98, ge=0.0, lt=1.0)
+    eps: float = Field(1.0e-6, gt=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    batch_size: int = Field(128, ge=1, description="per worker; global = batch_size * workers.num")
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class WorkersConfig(_Strict):
+    num: int = Field(2, ge=1)
+    cpus: float = Field(1.0, ge=0.0)
+    gpus: float = Field(0.0, ge=0.0)
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(256, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    epochs: int = Field(6, ge=1)
+    workers: WorkersConfig = WorkersConfig()
+    eval: EvalConfig = EvalConfig()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
+    seed: int = 0
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.optim.batch_size * self.workers.num
+
+
+_DIST_KINDS = ("uniform", "loguniform", "int", "choice", "fixed")
+
+
+class Distribution(_Strict):
+    """One entry of ``space:``: exactly one of the keys below."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+    fixed: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(
+                f"needs exactly one of {', '.join(_DIST_KINDS)}, e.g. {{uniform: [0.0, 0.3]}}"
+            )
+        return value
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _DIST_KINDS if k in self.model_fields_set)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Distribution:
+        kind = self.kind
+        if kind in ("uniform", "loguniform", "int"):
+            low, high = getattr(self, kind)
+            if low >= high:
+                raise ValueError(f"{kind} needs low < high, got [{low}, {high}]")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {low}")
+        if kind == "choice" and not self.choice:
+            raise ValueError("choice needs a non-empty list")
+        return self
+
+
+class SearchConfig(_Strict):
+    algo: Literal["tpe", "random"] = "tpe"
+    samples: int = Field(12, ge=1)
+    concurrent: int = Field(1, ge=1)
+    seed: int = 0
+    time_budget: float | None = Field(None, gt=0, description="wall seconds for the whole sweep")
+
+
+class AshaConfig(_Strict):
+    metric: str = "zeroshot_top1"
+    grace: int = Field(1, ge=1)
+    reduction: float = Field(3.0, gt=1.0)
+
+
+class ScheduleConfig(_Strict):
+    asha: AshaConfig | None = AshaConfig()
+
+
+class TrackingConfig(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None
+
+
+class StorageConfig(_Strict):
+    path: str = "runs"
+
+
+class SweepConfig(_Strict):
+    name: str = Field(..., min_length=1)
+    train: TrainConfig
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    search: SearchConfig = SearchConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, value: str) -> str:
+        bad = set(value) - set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        if bad:
+            raise ValueError(f"may hold only letters, digits, '-', '_' and '.', got {value!r}")
+        return value
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+# ---------------------------------------------------------------- errors
+
+
+_FIXES = {
+    "extra_forbidden": "remove the key or correct its spelling",
+    "missing": "add the key",
+    "greater_than_equal": "raise the value",
+    "greater_than": "raise the value",
+    "less_than": "lower the value",
+    "less_than_equal": "lower the value",
+}
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))]
+    return ".".join(parts)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed next to ``loc[-1]`` in ``model``, for an 'unknown key' message."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        ann = fields[part].annotation
+        current = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)),
+            ann,
+        )
+        if getattr(current, "__origin__", None) is dict or current is dict:
+            return list(_DIST_KINDS)
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _user_error(where: str, err: ValidationError, model: type[BaseModel], prefix: str) -> UserError:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    field = prefix + _dotted(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return UserError(where, field, "unknown key", f"remove it or correct its spelling{hint}")
+    got = first.get("input")
+    problem = first["msg"].replace("Value error, ", "")
+    if kind != "missing":
+        problem += f", got {got!r}"
+    fix = _FIXES.get(kind, "correct the value")
+    if "type" in kind or kind.endswith("_parsing"):
+        fix = "write a value of that type"
+    return UserError(where, field, problem, fix)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(str(path), "", "file not found", "check the path of the config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark else "YAML"
+        raise UserError(str(path), line, "not valid YAML", "fix the syntax there") from None
+    if not isinstance(data, dict):
+        raise UserError(str(path), "", "must be a YAML mapping", "write key: value pairs")
+    return data
+
+
+# ---------------------------------------------------------------- paths
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_PREFIXES)
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Brace-expand a shard spec (``a-{0000..0007}.tar``, ``::``-joined or a list)."""
+    import braceexpand
+
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for item in specs:
+        for part in item.split("::"):
+            urls.extend(braceexpand.braceexpand(part))
+    return urls
+
+
+def _check_paths(where: str, train: TrainConfig, prefix: str, base: Path) -> None:
+    urls = expand_shards(train.data.train)
+    if not urls:
+        raise UserError(where, prefix + "data.train", "expands to no shards", "name .tar shards")
+    for url in urls:
+        if is_remote(url):
+            continue
+        path = base / url
+        if not path.exists() and not glob.has_magic(url):
+            raise UserError(
+                where,
+                prefix + "data.train",
+                f"shard {url} does not exist (relative to {base})",
+                "run `smotune data synth --out data/synth` or correct the path",
+            )
+    zs = train.data.zeroshot
+    if not is_remote(zs) and not (base / zs).is_dir():
+        raise UserError(
+            where,
+            prefix + "data.zeroshot",
+            f"directory {zs} does not exist (relative to {base})",
+            "point it at a clip_benchmark webdataset dir or an ImageNet-style folder",
+        )
+
+
+def absolute_paths(train: TrainConfig, base: Path | None = None) -> TrainConfig:
+    """A copy of ``train`` whose local data paths are absolute (from ``base`` or the cwd)."""
+    base = Path(base or os.getcwd())
+
+    def fix(url: str) -> str:
+        return url if is_remote(url) or os.path.isabs(url) else str(base / url)
+
+    out = train.model_copy(deep=True)
+    if isinstance(out.data.train, str):
+        out.data.train = "::".join(fix(u) for u in out.data.train.split("::"))
+    else:
+        out.data.train = [fix(u) for u in out.data.train]
+    out.data.zeroshot = fix(out.data.zeroshot)
+    return out
+
+
+# ---------------------------------------------------------------- dotted paths
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"label_smoothing": 0.1}}`` -> ``{"loss.label_smoothing": 0.1}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def is_train_field(path: str) -> bool:
+    """Whether ``path`` (e.g. ``loss.label_smoothing``) names a leaf field of TrainConfig."""
+    current: Any = TrainConfig
+    for part in path.split("."):
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        current = fields[part].annotation
+    return getattr(current, "model_fields", None) is None
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``data`` with ``path`` set to ``value``."""
+    out = copy.deepcopy(data)
+    node = out
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return out
+
+
+def validate_train(data: dict[str, Any], where: str, prefix: str = "") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise _user_error(where, err, TrainConfig, prefix) from None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_train(path: str | Path, check_paths: bool = True) -> TrainConfig:
+    """Load a train config file (also accepts a sweep file, taking its ``train:``)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    prefix = ""
+    if "train" in data and isinstance(data["train"], dict) and "space" in data:
+        data, prefix = data["train"], "train."
+    cfg = validate_train(data, str(path), prefix)
+    if check_paths:
+        _check_paths(str(path), cfg, prefix, Path.cwd())
+    return cfg
+
+
+def load_sweep(path: str | Path, check_paths: bool = True) -> SweepConfig:
+    """Load a sweep file and check every space path and range against the train config."""
+    path = Path(path)
+    data = _read_yaml(path)
+    where = str(path)
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise _user_error(where, err, SweepConfig, "") from None
+    from smotune.space import check_space
+
+    check_space(sweep, where)
+    if check_paths:
+        _check_paths(where, sweep.train, "train.", Path.cwd())
+    return sweep
+
+
+def dump_train(cfg: TrainConfig) -> str:
+    """A train config as YAML text, every field written out."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,38 @@
+"""Shared fixtures: one local Ray cluster for the whole session, synthetic data made once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray (2 CPUs, a `trial_driver` resource for trial drivers), shared by all tests."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            resources={"trial_driver": 2},
+            include_dashboard=True,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic data set (train shards + zero-shot set), generated once per session."""
+    from smotune.data import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, train_samples=2048, shards=4, eval_per_class=4, seed=0)
+    return out
