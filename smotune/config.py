@@ -13,6 +13,7 @@ directory (Ray workers and Tune trials run elsewhere).
 
 from __future__ import annotations
 
+import builtins
 import copy
 import glob
 import os
@@ -32,7 +33,9 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    arch: str = Field("tiny-vit", description="open_clip model name (ViT-B-32, RN50, tiny-vit, ...)")
+    arch: str = Field(
+        "tiny-vit", description="open_clip model name (ViT-B-32, RN50, tiny-vit, ...)"
+    )
     text_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on text-block outputs")
 
 
@@ -101,14 +104,14 @@ class Distribution(_Strict):
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None
     choice: list[Any] | None = None
     fixed: Any = None
 
     @model_validator(mode="before")
     @classmethod
     def _one_kind(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or len(value) != 1:
+        if not isinstance(value, dict) or len(value) != 1 or not set(value) <= set(_DIST_KINDS):
             raise ValueError(
                 f"needs exactly one of {', '.join(_DIST_KINDS)}, e.g. {{uniform: [0.0, 0.3]}}"
             )
@@ -184,16 +187,6 @@ class SweepConfig(_Strict):
 # ---------------------------------------------------------------- errors
 
 
-_FIXES = {
-    "extra_forbidden": "remove the key or correct its spelling",
-    "missing": "add the key",
-    "greater_than_equal": "raise the value",
-    "greater_than": "raise the value",
-    "less_than": "lower the value",
-    "less_than_equal": "lower the value",
-}
-
-
 def _dotted(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))]
     return ".".join(parts)
@@ -208,11 +201,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             return []
         ann = fields[part].annotation
         current = next(
-            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)),
-            ann,
+            (a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann
         )
-        if getattr(current, "__origin__", None) is dict or current is dict:
-            return list(_DIST_KINDS)
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
 
@@ -230,9 +220,12 @@ def _user_error(where: str, err: ValidationError, model: type[BaseModel], prefix
     problem = first["msg"].replace("Value error, ", "")
     if kind != "missing":
         problem += f", got {got!r}"
-    fix = _FIXES.get(kind, "correct the value")
-    if "type" in kind or kind.endswith("_parsing"):
-        fix = "write a value of that type"
+    if kind == "missing":
+        fix = "add the key"
+    elif "should be " in first["msg"]:
+        fix = "set a value that is " + first["msg"].split("should be ", 1)[1]
+    else:
+        fix = "correct the value"
     return UserError(where, field, problem, fix)
 
 

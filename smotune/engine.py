@@ -1,0 +1,310 @@
+"""One worker's training: epochs, steps, AMP, schedule, checkpoint, report.
+
+``train_worker`` is the function Ray Train runs on every worker. It is plain
+PyTorch with a few ``ray.train`` calls: it builds the open_clip model, the
+label-smoothed loss, AdamW and the webdataset loader from one train config,
+trains ``epochs`` epochs of a fixed number of steps, evaluates zero-shot
+accuracy on rank 0 after each epoch and reports the metrics of DESIGN.md with
+an open_clip-loadable checkpoint. When Ray restarts the run it resumes from
+the latest checkpoint. It knows nothing of Tune.
+
+Every rank runs exactly ``steps_per_epoch`` steps per epoch, reading from its
+own shards in an endless, reseeded cycle, so uneven shards or skipped samples
+can never leave one rank waiting for another in a collective.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from smotune import loss as loss_mod
+from smotune import model as model_mod
+from smotune.config import TrainConfig, expand_shards
+from smotune.data import shards, zeroshot
+from smotune.errors import UserError
+from smotune.evaluate import zero_shot
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale", "positional_embedding", "class_embedding")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a worker computes: one config runs on CPU and GPU alike."""
+
+    device_type: str  # "cpu" or "cuda"
+    backend: str  # torch.distributed backend: "gloo" or "nccl"
+    autocast_dtype: torch.dtype | None  # None: fp32
+    grad_scaler: bool  # fp16 needs loss scaling
+
+
+def choose_runtime(gpus_per_worker: float, precision: str, cuda_available: bool) -> Runtime:
+    """The device, process-group backend and autocast of a worker.
+
+    ``precision="auto"`` means bf16 autocast on GPU and fp32 on CPU. bf16 is
+    allowed on CPU (autocast supports it); fp16 needs a GPU.
+    """
+    on_gpu = gpus_per_worker > 0
+    if on_gpu and not cuda_available:
+        raise UserError(
+            "config",
+            "workers.gpus",
+            f"asks for {gpus_per_worker} GPU per worker but CUDA is not available here",
+            "set workers.gpus: 0 to train on CPU, or run on a GPU node",
+        )
+    if precision == "fp16" and not on_gpu:
+        raise UserError(
+            "config", "precision", "fp16 needs GPUs", "use precision: bf16 or fp32 on CPU"
+        )
+    dtype = {
+        "auto": torch.bfloat16 if on_gpu else None,
+        "fp32": None,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+    }[precision]
+    return Runtime(
+        device_type="cuda" if on_gpu else "cpu",
+        backend="nccl" if on_gpu else "gloo",
+        autocast_dtype=dtype,
+        grad_scaler=dtype is torch.float16,
+    )
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only.
+
+    No decay for 1-d parameters (biases, norms, logit scale, class token) and for
+    names containing ``bn``, ``ln``, ``bias``, ``logit_scale`` or the positional
+    and class embeddings; token embeddings are decayed (as open_clip_train does).
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up from 0 to ``lr``, then cosine from ``lr`` to ``min_lr``."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(1, total_steps - o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / span)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
+    """Optimizer steps in one epoch, the same on every rank.
+
+    With ``data.samples_per_epoch`` (per worker) it is that over the batch size;
+    otherwise the samples of the rank with the fewest, counted in the shards.
+    """
+    batch = cfg.optim.batch_size
+    if cfg.data.samples_per_epoch:
+        per_rank = [cfg.data.samples_per_epoch]
+    else:
+        per_rank = shards.samples_per_rank(expand_shards(cfg.data.train), world_size)
+    steps = min(per_rank) // batch
+    if steps < 1:
+        raise UserError(
+            "config",
+            "optim.batch_size",
+            f"{batch} per worker is more than the {min(per_rank)} samples of the smallest "
+            f"worker's shards",
+            "lower optim.batch_size or workers.num, or add shards",
+        )
+    return steps
+
+
+def _endless_batches(cfg, preprocess, tokenizer, rank, world, epoch, skipped) -> Iterator:
+    """This rank's batches for ``epoch``, cycling over its shards (each pass reseeded)."""
+    passes = 0
+    while True:
+        got = False
+        for batch in shards.make_loader(
+            cfg, preprocess, tokenizer, rank, world, epoch * 1000 + passes, skipped
+        ):
+            got = True
+            yield batch
+        if not got:
+            raise UserError(
+                "config",
+                "data.train",
+                f"rank {rank} read no complete batch from its shards",
+                "check the shards (see the skipped-sample warnings) or lower optim.batch_size",
+            )
+        passes += 1
+
+
+def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _save_checkpoint(tmp: Path, model, optimizer, scaler, epoch: int, step: int) -> None:
+    model_mod.save_checkpoint(model, tmp / MODEL_FILE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "epoch": epoch,
+            "step": step,
+        },
+        tmp / STATE_FILE,
+    )
+
+
+def _load_checkpoint(path: str, model, optimizer, scaler) -> tuple[int, int]:
+    module = getattr(model, "module", model)
+    sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
+    module.load_state_dict(sd["state_dict"])
+    state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    return state["epoch"], state["step"]
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
+        f"zeroshot_top1 {metrics['zeroshot_top1']:.4f}  top5 {metrics['zeroshot_top5']:.4f}  "
+        f"{metrics['samples_per_s']:.0f} samples/s  skipped {metrics['data_skipped']}"
+    )
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train per-worker loop. ``loop_config = {"train": TrainConfig as a dict}``."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    runtime = choose_runtime(cfg.workers.gpus, cfg.precision, torch.cuda.is_available())
+    device = ray.train.torch.get_device() if runtime.device_type == "cuda" else torch.device("cpu")
+    if runtime.device_type == "cpu" and cfg.workers.cpus >= 1:
+        torch.set_num_threads(int(cfg.workers.cpus))
+
+    model = model_mod.create(cfg.model, seed=cfg.seed)  # same init on every rank
+    preprocess = model_mod.transforms(model, train=True)
+    eval_preprocess = model_mod.transforms(model, train=False)
+    tokenizer = model_mod.tokenizer(cfg.model.arch)
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    module = getattr(model, "module", model)
+    criterion = loss_mod.build(cfg.loss, rank, world)
+    optimizer = torch.optim.AdamW(
+        param_groups(module, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps,
+    )
+    scaler = torch.amp.GradScaler(runtime.device_type) if runtime.grad_scaler else None
+
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as path:
+            start_epoch, step = _load_checkpoint(path, model, optimizer, scaler)
+
+    n_steps = steps_per_epoch(cfg, world)
+    total_steps = n_steps * cfg.epochs
+    evalset = (
+        zeroshot.load(
+            cfg.data.zeroshot, cfg.data.zeroshot_split, eval_preprocess, cfg.eval.max_samples
+        )
+        if rank == 0
+        else None
+    )
+    skipped = shards.SkipCounter()
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        # dropout and augmentation: seeded per rank and epoch, so a resumed run repeats them
+        torch.manual_seed(cfg.seed * 1000 + rank + 1 + 7919 * epoch)
+        model.train()
+        batches = _endless_batches(cfg, preprocess, tokenizer, rank, world, epoch, skipped)
+        loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
+        for _ in range(n_steps):
+            images, texts = next(batches)
+            images, texts = images.to(device, non_blocking=True), texts.to(device)
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(
+                runtime.device_type,
+                dtype=runtime.autocast_dtype or torch.float32,
+                enabled=runtime.autocast_dtype is not None,
+            ):
+                out = model(images, texts)
+            out = {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
+            loss = criterion(**out)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            with torch.no_grad():
+                module.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            loss_sum += loss.item() * images.shape[0]
+            samples += images.shape[0]
+        elapsed = time.perf_counter() - t0
+        loss_sum, samples, skipped_total = _all_reduce(
+            [loss_sum, samples, skipped.count], device, world
+        )
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / samples,
+            "lr": lr,
+            "samples_per_s": samples / elapsed,
+            "data_skipped": int(skipped_total),
+            "step": step,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            report_ckpt = None
+            if rank == 0:
+                metrics.update(
+                    zero_shot(
+                        module,
+                        tokenizer,
+                        evalset,
+                        device,
+                        cfg.eval.batch_size,
+                        runtime.autocast_dtype,
+                    )
+                )
+                _save_checkpoint(Path(tmp), model, optimizer, scaler, epoch, step)
+                print(epoch_line(metrics, cfg.epochs), flush=True)
+                report_ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=report_ckpt)

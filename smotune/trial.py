@@ -1,0 +1,132 @@
+"""One Tune trial (or one plain run): a TorchTrainer over ``engine.train_worker``.
+
+A trial is a plain function, as Ray Train V2 wants it: it turns its sampled
+values into a full train config, builds a ``TorchTrainer`` whose
+``TuneReportCallback`` forwards rank 0's per-epoch metrics to Tune (so ASHA
+sees them while the run goes on), and calls ``fit()``. The trial function
+itself asks for no CPU, only one unit of the custom ``trial_driver``
+resource; the Train workers alone ask for CPUs and GPUs (see FIELD-NOTES:
+this is what keeps a 2-core machine from deadlocking). ``smotune train``
+runs the very same trainer without Tune. This module knows nothing of MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from smotune import engine
+from smotune.config import TrainConfig, absolute_paths
+from smotune.errors import UserError
+from smotune.space import apply
+
+TRIAL_DRIVER = "trial_driver"
+TRIAL_RESOURCES = {"cpu": 0, TRIAL_DRIVER: 1}
+
+
+def storage_uri(path: str) -> str:
+    """A storage path Ray accepts: URIs as they are, local paths made absolute."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def connect(trial_drivers: int = 1) -> dict[str, float]:
+    """Join the Ray cluster at RAY_ADDRESS, or start a local one with ``trial_driver`` slots.
+
+    Returns the cluster's resources. A cluster without the ``trial_driver``
+    resource is a user error that names the ``ray start`` flag adding it.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            ray.init(resources={TRIAL_DRIVER: trial_drivers}, log_to_driver=True)
+    resources = ray.cluster_resources()
+    if resources.get(TRIAL_DRIVER, 0) < 1:
+        raise UserError(
+            "ray cluster",
+            TRIAL_DRIVER,
+            "the cluster declares no trial_driver resource for trial drivers",
+            f'start the head with ray start --head --resources \'{{"{TRIAL_DRIVER}": '
+            f"{trial_drivers}}}' (see cluster/README.md)",
+        )
+    return resources
+
+
+def check_fits(cfg: TrainConfig, resources: dict[str, float]) -> None:
+    """The workers of one run must fit the cluster, or Ray would wait forever."""
+    need_cpu = cfg.workers.num * cfg.workers.cpus
+    need_gpu = cfg.workers.num * cfg.workers.gpus
+    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
+        raise UserError(
+            "config",
+            "workers",
+            f"{cfg.workers.num} workers x ({cfg.workers.cpus} CPU, {cfg.workers.gpus} GPU) do not "
+            f"fit the cluster ({resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU)",
+            "lower workers.num, workers.cpus or workers.gpus, or add nodes",
+        )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    storage: str,
+    name: str,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 0,
+):
+    """The ``TorchTrainer`` of one run; its checkpoints live at ``storage/name``."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    on_gpu = cfg.workers.gpus > 0
+    runtime = engine.choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=on_gpu)
+    resources = {"CPU": cfg.workers.cpus}
+    if on_gpu:
+        resources["GPU"] = cfg.workers.gpus
+    return TorchTrainer(
+        engine.train_worker,
+        train_loop_config={"train": cfg.model_dump(mode="json")},
+        torch_config=TorchConfig(backend=runtime.backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers.num, use_gpu=on_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_uri(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def run_train(cfg: TrainConfig, storage: str = "runs", name: str | None = None) -> dict[str, Any]:
+    """``smotune train``: one run on the local Ray (or RAY_ADDRESS); resumes a run of the same name.
+
+    Returns the final metrics with the checkpoint path under ``checkpoint``.
+    """
+    cfg = absolute_paths(cfg)
+    check_fits(cfg, connect())
+    name = name or "train"
+    result = build_trainer(cfg, storage, name).fit()
+    final = dict(result.metrics or {})
+    final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    print(
+        "final: "
+        + "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()
+        )
+    )
+    return final
+
+
+def trial_fn(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
+    """The Tune trainable: ``config`` holds the sampled dotted paths; ``base`` the train config."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = apply(TrainConfig.model_validate(base), config, where="trial")
+    trial_id = tune.get_context().get_trial_id()
+    build_trainer(cfg, storage, f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
