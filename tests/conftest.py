@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray (2 CPUs, a `trial_driver` resource for trial drivers), shared by all tests."""
+    """A real local Ray (2 CPUs, a `trial_driver` resource for trial drivers) for all tests."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
