@@ -186,6 +186,46 @@ def _load_checkpoint(path: str, model, optimizer, scaler) -> tuple[int, int]:
     return state["epoch"], state["step"]
 
 
+def train_step(
+    model,
+    criterion,
+    optimizer,
+    scaler,
+    runtime: Runtime,
+    images,
+    texts,
+    lr: float,
+    grad_clip: float | None,
+) -> float:
+    """One optimizer step at learning rate ``lr``; returns the loss (a Python float)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(
+        runtime.device_type,
+        dtype=runtime.autocast_dtype or torch.float32,
+        enabled=runtime.autocast_dtype is not None,
+    ):
+        out = model(images, texts)
+    out = {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
+    loss = criterion(**out)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        getattr(model, "module", model).logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
@@ -247,37 +287,21 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
         for _ in range(n_steps):
             images, texts = next(batches)
-            images, texts = images.to(device, non_blocking=True), texts.to(device)
-            lr = lr_at(step, cfg, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(
-                runtime.device_type,
-                dtype=runtime.autocast_dtype or torch.float32,
-                enabled=runtime.autocast_dtype is not None,
-            ):
-                out = model(images, texts)
-            out = {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
-            loss = criterion(**out)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            with torch.no_grad():
-                module.logit_scale.clamp_(0, math.log(100))
+            loss = train_step(
+                model,
+                criterion,
+                optimizer,
+                scaler,
+                runtime,
+                images.to(device),
+                texts.to(device),
+                lr_at(step, cfg, total_steps),
+                cfg.optim.grad_clip,
+            )
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at epoch {epoch}, step {step}")
             step += 1
-            loss_sum += loss.item() * images.shape[0]
+            loss_sum += loss * images.shape[0]
             samples += images.shape[0]
         elapsed = time.perf_counter() - t0
         loss_sum, samples, skipped_total = _all_reduce(
@@ -286,7 +310,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / samples,
-            "lr": lr,
+            "lr": lr_at(step - 1, cfg, total_steps),
             "samples_per_s": samples / elapsed,
             "data_skipped": int(skipped_total),
             "step": step,
