@@ -1,0 +1,559 @@
+"""The training data: webdataset shards of image+caption samples, one DataLoader per epoch.
+
+Splitting. Shard ``i`` of ``data.train`` goes to rank ``i % world_size``, and a
+rank's shards are split among its DataLoader workers with
+``wds.split_by_worker``. Fewer shards than ranks is a :class:`UserError`; a
+rank with fewer shards than ``data.loader_workers`` runs with one loader worker
+per shard (and says so), so no loader worker is ever idle.
+
+Determinism. Every random choice of a loader worker comes from its own streams
+seeded from ``(seed, rank, loader worker id, epoch)`` and a purpose: the shard
+order, the sample shuffle buffer (``data.shuffle_buffer``), the LaCLIP caption
+draw and the image augmentation (run on a private torch RNG state, so the
+training process's global RNG is neither used nor moved). The same config,
+rank, epoch and number of loader workers give the same batches; another epoch
+gives another order.
+
+Epochs. Without ``data.samples_per_epoch`` an epoch is one pass over the rank's
+shards, each loader worker dropping its last partial batch, so ranks can
+differ in batch count. With it, every loader worker reads its shards round
+after round (each round a new seeded order, an endless stream) and the loader
+stops after exactly ``samples_per_epoch // optim.batch_size`` batches, the
+same on every rank whatever its number of loader workers.
+
+Captions (LaCLIP). A sample's ``json`` may hold ``{"rewrites": [...]}``; with
+probability ``data.rewrite_prob`` the caption is a uniformly drawn rewrite, and
+a draw with fewer than two words falls back to the original. LaCLIP's uniform
+choice among the original and ``k`` rewrites is ``rewrite_prob = k / (k + 1)``.
+
+Bad data. Unreadable shards, tar members that cannot be grouped, samples
+without an image or caption, undecodable images and undecodable or malformed
+json are skipped and counted in a :class:`SkipCounter`; the first few are
+logged one by one and each epoch ends with a summary line. The counts include
+what loader workers met while prefetching past the epoch's last batch. A tar
+cut at a member boundary looks complete to ``tarfile`` and is read as a shorter
+shard. Local glob patterns in ``data.train`` are expanded (sorted).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import random
+import shlex
+import tarfile
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+from smotune.config import TrainConfig, expand_shards, is_remote
+from smotune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FIELD = "data.train"
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+WARN_FIRST = 5
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def shard_url(url: str) -> str:
+    """The URL webdataset opens for a shard: object stores and HTTP(S) through a ``pipe:``."""
+    if url.startswith("s3://"):
+        return f"pipe:aws s3 cp {shlex.quote(url)} -"
+    if url.startswith(("gs://", "gcs://")):
+        return f"pipe:gsutil cat {shlex.quote('gs://' + url.split('://', 1)[1])}"
+    if url.startswith(("http://", "https://")):
+        return f"pipe:curl -s -L -f {shlex.quote(url)}"
+    return url
+
+
+def shard_list(spec: str | list[str]) -> list[str]:
+    """The shards of ``data.train``: braces and ``::`` expanded, local globs matched (sorted)."""
+    urls: list[str] = []
+    for url in expand_shards(spec):
+        local = _local_path(url)
+        matches = sorted(glob.glob(local)) if local and glob.has_magic(local) else []
+        urls.extend(matches or [url])
+    return urls
+
+
+def _local_path(url: str) -> str | None:
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    return None if is_remote(url) else url
+
+
+def samples_per_rank(urls: list[str], world_size: int) -> list[int]:
+    """Samples (tar members grouped by key) in each rank's shards, read from the tar headers.
+
+    Only local shards are counted: counting remote ones would download them, so
+    remote shards need ``data.samples_per_epoch``. A damaged shard counts the
+    samples whose headers precede the damage.
+    """
+    remote = [u for u in urls if _local_path(u) is None]
+    if remote:
+        raise UserError(
+            "config",
+            "data.samples_per_epoch",
+            f"is needed with remote shards such as {remote[0]} (counting would download them)",
+            "set data.samples_per_epoch (samples per worker and epoch)",
+        )
+    counts = [0] * world_size
+    for i, url in enumerate(urls):
+        counts[i % world_size] += _count_samples(_local_path(url))
+    return counts
+
+
+def _count_samples(path: str) -> int:
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _ = base_plus_ext(member.name)
+                if member.isreg() and key and not os.path.basename(key).startswith("__"):
+                    keys.add(key)
+    except (OSError, tarfile.TarError) as exc:
+        log.warning("counting samples of %s: %s", path, _describe(exc))
+    return len(keys)
+
+
+# ---------------------------------------------------------------- skip counting
+
+
+class SkipCounter:
+    """Bad data met while loading: ``count`` in total and ``reasons`` by kind.
+
+    The counts live in shared memory (a ``multiprocessing.Array``) that the
+    DataLoader hands to its worker processes when it starts them, so every
+    worker adds to the same numbers and the sums are exact; they are complete
+    once an epoch's iteration has ended (while it runs they may be a few
+    prefetched batches ahead of the consumer). Create the counter in the
+    process that iterates the loaders (it reaches loader workers only as they
+    start, so it cannot be pickled to e.g. a Ray task) and reuse it across
+    epochs for a running total. It also counts the shards read and the good
+    samples decoded, for the end-of-epoch checks.
+    """
+
+    REASONS = (
+        "unreadable_shard",
+        "bad_tar_member",
+        "no_image",
+        "bad_image",
+        "no_caption",
+        "bad_json",
+    )
+    _SHARDS = len(REASONS)
+    _SAMPLES = len(REASONS) + 1
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", len(self.REASONS) + 2)
+        self._first_error = multiprocessing.Array("c", 512)
+
+    def add(self, reason: str, detail: str) -> None:
+        """Count one skipped item; log it if it is among the first ``WARN_FIRST``."""
+        index = self.REASONS.index(reason)
+        with self._counts.get_lock():
+            self._counts[index] += 1
+            total = sum(self._counts[: len(self.REASONS)])
+            if reason == "unreadable_shard" and not self._first_error.value:
+                self._first_error.value = detail.encode("utf-8", "replace")[:511]
+        if total <= WARN_FIRST:
+            more = "; further skips are summarised per epoch" if total == WARN_FIRST else ""
+            log.warning("skipped (%s) %s%s", reason, detail, more)
+
+    def shard_read(self) -> None:
+        self._bump(self._SHARDS)
+
+    def sample_read(self) -> None:
+        self._bump(self._SAMPLES)
+
+    def _bump(self, index: int) -> None:
+        with self._counts.get_lock():
+            self._counts[index] += 1
+
+    def snapshot(self) -> list[int]:
+        with self._counts.get_lock():
+            return list(self._counts)
+
+    @property
+    def count(self) -> int:
+        return sum(self.snapshot()[: len(self.REASONS)])
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        counts = self.snapshot()
+        return {r: counts[i] for i, r in enumerate(self.REASONS) if counts[i]}
+
+    @property
+    def shards_read(self) -> int:
+        return self.snapshot()[self._SHARDS]
+
+    @property
+    def samples_read(self) -> int:
+        return self.snapshot()[self._SAMPLES]
+
+    @property
+    def first_shard_error(self) -> str:
+        return self._first_error.value.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- seeded streams
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _worker_id() -> int:
+    info = get_worker_info()
+    return 0 if info is None else info.id
+
+
+class _TorchRng:
+    """A private state of torch's global CPU generator, swapped in around each call."""
+
+    def __init__(self, seed: int):
+        self.state = torch.Generator().manual_seed(seed).get_state()
+
+    def __call__(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            return fn(x)
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+
+class _WorkerSamples(IterableDataset):
+    """One loader worker's part of a rank's shards as decoded ``(image, caption)`` samples."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        cfg: TrainConfig,
+        rank: int,
+        epoch: int,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        skipped: SkipCounter,
+    ):
+        super().__init__()
+        self.urls = urls
+        self.seed = cfg.seed
+        self.rank = rank
+        self.epoch = epoch
+        self.rounds = cfg.data.samples_per_epoch is not None
+        self.shuffle_buffer = cfg.data.shuffle_buffer
+        self.rewrite_prob = cfg.data.rewrite_prob
+        self.preprocess = preprocess
+        self.skipped = skipped
+
+    def _rng(self, purpose: str, worker: int) -> random.Random:
+        return random.Random(_seed(purpose, self.seed, self.rank, worker, self.epoch))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+        worker = _worker_id()
+        urls = list(wds.split_by_worker(self.urls))
+        progress = {"raw": 0, "seen": 0, "good": 0}
+        members = self._members(urls, self._rng("shards", worker), progress)
+        samples = self._counted(group_by_keys(members, handler=self._bad_member), progress)
+        if self.shuffle_buffer > 0:
+            samples = wds.shuffle(self.shuffle_buffer, rng=self._rng("samples", worker))(samples)
+        rewrites = self._rng("rewrites", worker)
+        augment = _TorchRng(_seed("augment", self.seed, self.rank, worker, self.epoch))
+        for sample in samples:
+            progress["seen"] += 1
+            decoded = self._decode(sample, rewrites, augment)
+            if decoded is not None:
+                progress["good"] += 1
+                self.skipped.sample_read()
+                yield decoded
+
+    def _members(
+        self, urls: list[str], rng: random.Random, progress: dict[str, int]
+    ) -> Iterator[dict[str, Any]]:
+        """Tar members of the shards in a seeded order (rounds of them in resampled mode).
+
+        Each shard ends with ``{}``, the end-of-shard marker of ``group_by_keys``.
+        Rounds stop when, after a round, no sample has been good although at
+        least as many samples as the first round held have been decoded.
+        """
+        first_round = None
+        while True:
+            order = list(urls)
+            rng.shuffle(order)
+            for url in order:
+                try:
+                    yield from _read_tar(url)
+                except Exception as exc:
+                    self.skipped.add("unreadable_shard", f"{url}: {_describe(exc)}")
+                else:
+                    self.skipped.shard_read()
+                yield {}
+            if not self.rounds:
+                return
+            if first_round is None:
+                first_round = progress["raw"]
+            if progress["good"] == 0 and progress["seen"] >= first_round:
+                return
+
+    @staticmethod
+    def _counted(samples: Iterator[dict], progress: dict[str, int]) -> Iterator[dict]:
+        for sample in samples:
+            progress["raw"] += 1
+            yield sample
+
+    def _bad_member(self, exc: Exception) -> bool:
+        self.skipped.add("bad_tar_member", _describe(exc))
+        return True
+
+    def _decode(
+        self, sample: dict[str, Any], rewrites: random.Random, augment: _TorchRng
+    ) -> tuple[torch.Tensor, str] | None:
+        where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if image_key is None:
+            return self._skip("no_image", where)
+        try:
+            caption = sample["txt"].decode("utf-8").strip()
+        except (KeyError, UnicodeDecodeError):
+            caption = ""
+        if not caption:
+            return self._skip("no_caption", where)
+        options: list[str] = []
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+                options = (meta.get("rewrites") or []) if isinstance(meta, dict) else []
+                if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+                    raise ValueError("rewrites is not a list of strings")
+            except ValueError as exc:
+                return self._skip("bad_json", f"{where}: {exc}")
+        if options and self.rewrite_prob > 0 and rewrites.random() < self.rewrite_prob:
+            drawn = rewrites.choice(options).strip()
+            if len(drawn.split()) >= 2:
+                caption = drawn
+        try:
+            with Image.open(io.BytesIO(sample[image_key])) as img:
+                rgb = img.convert("RGB")
+        except Exception as exc:
+            return self._skip("bad_image", f"{where}.{image_key}: {_describe(exc)}")
+        return augment(self.preprocess, rgb), caption
+
+    def _skip(self, reason: str, detail: str) -> None:
+        self.skipped.add(reason, detail)
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, without the stream repr webdataset appends after `` @ ``."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return f"{type(exc).__name__}: {message.split(' @ <')[0]}"
+
+
+def _read_tar(url: str) -> Iterator[dict[str, Any]]:
+    """The regular members of one shard; the stream is closed quietly if abandoned."""
+    stream = wds.gopen(shard_url(url))
+    complete = False
+    try:
+        for member in tar_file_iterator(stream):
+            member["__url__"] = url
+            yield member
+        complete = True
+    finally:
+        if complete:
+            stream.close()
+        else:
+            try:
+                stream.close()
+            except Exception as exc:
+                log.debug("closing %s after an early stop: %s", url, exc)
+
+
+class _Collate:
+    """Stack images; tokenize the captions of a batch in one call."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor]):
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, ...]:
+        images, captions = zip(*samples, strict=True)
+        return torch.stack(images), self.tokenizer(list(captions))
+
+
+# ---------------------------------------------------------------- the loader
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader over one rank's shards for one epoch.
+
+    ``batches_per_epoch`` is ``samples_per_epoch // batch_size`` (the loader
+    stops there; its workers' streams are endless) or ``None`` for one pass.
+    Iterating it to the end logs the epoch's skips and raises
+    :class:`UserError` when the epoch produced no batch, or fewer than
+    ``batches_per_epoch``.
+    """
+
+    def __init__(
+        self,
+        pipeline: wds.DataPipeline,
+        *,
+        skipped: SkipCounter,
+        rank: int,
+        epoch: int,
+        urls: list[str],
+        samples_per_batch: int,
+        batches_per_epoch: int | None,
+        **kwargs: Any,
+    ):
+        super().__init__(pipeline, batch_size=None, **kwargs)
+        self.skipped = skipped
+        self.rank = rank
+        self.epoch = epoch
+        self.urls = urls
+        self.samples_per_batch = samples_per_batch
+        self.batches_per_epoch = batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        before = self.skipped.snapshot()
+        batches = 0
+        stream = super().__iter__()
+        for batch in islice(stream, self.batches_per_epoch):
+            batches += 1
+            yield batch
+        del stream
+        self._end_of_epoch(before, self.skipped.snapshot(), batches)
+
+    def _end_of_epoch(self, before: list[int], after: list[int], batches: int) -> None:
+        delta = [a - b for a, b in zip(after, before, strict=True)]
+        reasons = {r: delta[i] for i, r in enumerate(SkipCounter.REASONS) if delta[i]}
+        skipped = sum(reasons.values())
+        where = f"epoch {self.epoch}, rank {self.rank}"
+        if skipped:
+            detail = ", ".join(f"{r}: {n}" for r, n in reasons.items())
+            log.warning("%s: skipped %d bad items (%s)", where, skipped, detail)
+        expected = self.batches_per_epoch
+        if batches and (expected is None or batches == expected):
+            return
+        shards, samples = delta[SkipCounter._SHARDS], delta[SkipCounter._SAMPLES]
+        first = self.urls[0]
+        if shards == 0:
+            error = self.skipped.first_shard_error or first
+            problem = f"none of the {len(self.urls)} shards of rank {self.rank} could be read"
+            problem += f" ({error})"
+            fix = "check that the shards exist, are tar files and are readable from every worker"
+        elif samples == 0:
+            problem = f"every sample of rank {self.rank} was skipped ({skipped} items)"
+            problem += f", first shard {first}"
+            fix = "check that the shards hold image (jpg/png/webp) + txt samples"
+        elif batches == 0:
+            problem = (
+                f"rank {self.rank} read {samples} good samples, fewer than one batch of "
+                f"{self.samples_per_batch} per loader worker (first shard {first})"
+            )
+            fix = "lower optim.batch_size or data.loader_workers, or add data"
+        else:
+            problem = f"{where}: the data ran out after {batches} of {expected} batches"
+            fix = "check the data: almost every sample was skipped"
+        raise UserError("config", FIELD, problem, fix)
+
+
+def _check_urls(urls: list[str], world_size: int) -> None:
+    if not urls:
+        raise UserError("config", FIELD, "expands to no shards", "name one or more .tar shards")
+    unsupported = [u for u in urls if u.startswith(("azure://",))]
+    if unsupported:
+        raise UserError(
+            "config",
+            FIELD,
+            f"cannot read {unsupported[0]}",
+            "use s3://, gs://, http(s)://, hf://, a local path or a pipe: URL",
+        )
+    missing = [u for u in urls if (p := _local_path(u)) is not None and not os.path.isfile(p)]
+    if missing:
+        raise UserError(
+            "config",
+            FIELD,
+            f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}",
+            "correct the path (run `smotune data synth --out data/synth` for the demo data)",
+        )
+    if len(urls) < world_size:
+        raise UserError(
+            "config",
+            FIELD,
+            f"{len(urls)} shards for {world_size} ranks: some ranks would read nothing",
+            f"split the data into at least {world_size} shards or lower workers.num",
+        )
+
+
+def make_loader(
+    cfg: TrainConfig,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    rank: int,
+    world_size: int,
+    epoch: int,
+    skipped: SkipCounter,
+) -> ShardLoader:
+    """Batches ``(images [B,3,H,W] float, texts [B,context] long)`` of one rank for one epoch.
+
+    ``B`` is ``cfg.optim.batch_size``; partial batches are dropped. Build one
+    loader per epoch; iterating the same loader twice repeats the epoch.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    urls = shard_list(cfg.data.train)
+    _check_urls(urls, world_size)
+    mine = urls[rank::world_size]
+    workers = cfg.data.loader_workers
+    if len(mine) < workers:
+        log.warning(
+            "rank %d has %d shards for data.loader_workers=%d: using %d loader workers",
+            rank,
+            len(mine),
+            workers,
+            len(mine),
+        )
+        workers = len(mine)
+    batch = cfg.optim.batch_size
+    expected = None
+    if cfg.data.samples_per_epoch is not None:
+        expected = cfg.data.samples_per_epoch // batch
+        if expected == 0:
+            raise UserError(
+                "config",
+                "data.samples_per_epoch",
+                f"{cfg.data.samples_per_epoch} is less than one batch ({batch})",
+                "raise data.samples_per_epoch or lower optim.batch_size",
+            )
+    pipeline = wds.DataPipeline(
+        _WorkerSamples(mine, cfg, rank, epoch, preprocess, skipped),
+        wds.batched(batch, collation_fn=_Collate(tokenizer), partial=False),
+    )
+    return ShardLoader(
+        pipeline,
+        skipped=skipped,
+        rank=rank,
+        epoch=epoch,
+        urls=mine,
+        samples_per_batch=batch,
+        batches_per_epoch=expected,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=cfg.workers.gpus > 0 and torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(_seed("loader", cfg.seed, rank, epoch)),
+    )

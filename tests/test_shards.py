@@ -1,0 +1,345 @@
+"""The webdataset training pipeline on real tar shards with the tiny-vit transform and tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from smotune import model as smodel
+from smotune.config import ModelConfig, TrainConfig
+from smotune.data.shards import (
+    SkipCounter,
+    make_loader,
+    samples_per_rank,
+    shard_list,
+    shard_url,
+)
+from smotune.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def clip_io():
+    """The real open_clip train transform and tokenizer of tiny-vit."""
+    net = smodel.create(ModelConfig(arch="tiny-vit"), seed=0)
+    return smodel.transforms(net, train=True), smodel.tokenizer("tiny-vit")
+
+
+def png(i: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (12, 10), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)).save(out, "PNG")
+    return out.getvalue()
+
+
+def caption(key: str) -> str:
+    return f"a picture of sample {key}"
+
+
+def sample(key: str, i: int, **extra) -> dict:
+    return {"__key__": key, "png": png(i), "txt": caption(key), **extra}
+
+
+def write_shards(root: Path, shards: int, per_shard: int, name: str = "s") -> list[str]:
+    paths = []
+    for s in range(shards):
+        path = root / f"{name}-{s:02d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for j in range(per_shard):
+                key = f"{name}{s:02d}_{j:03d}"
+                rewrites = [f"rewritten {key} first", f"rewritten {key} second"]
+                sink.write(sample(key, s * 100 + j, json=json.dumps({"rewrites": rewrites})))
+        paths.append(str(path))
+    return paths
+
+
+def config(tmp_path: Path, train, **data) -> TrainConfig:
+    batch = data.pop("batch_size", 2)
+    seed = data.pop("seed", 0)
+    data.setdefault("loader_workers", 0)
+    return TrainConfig(
+        data={"train": train, "zeroshot": str(tmp_path), **data},
+        optim={"batch_size": batch},
+        seed=seed,
+    )
+
+
+def captions_of(loader, tokenizer, texts_by_caption: dict[str, str]) -> list[str]:
+    """The captions of every batch in order, found back from their tokens."""
+    lookup = {tuple(tokenizer([c])[0].tolist()): c for c in texts_by_caption}
+    out = []
+    for images, texts in loader:
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, 32, 32)
+        assert texts.dtype == torch.long and texts.shape == (len(images), 32)
+        out += [lookup[tuple(row.tolist())] for row in texts]
+    return out
+
+
+def all_captions(keys) -> dict[str, str]:
+    texts = {}
+    for key in keys:
+        texts[caption(key)] = key
+        texts[f"rewritten {key} first"] = key
+        texts[f"rewritten {key} second"] = key
+    return texts
+
+
+def keys_in(paths: list[str]) -> list[str]:
+    return [s["__key__"] for p in paths for s in wds.WebDataset(p, shardshuffle=False)]
+
+
+# ------------------------------------------------------------------ splitting and order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_read_disjoint_keys_covering_everything(tmp_path, clip_io, workers):
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=4, per_shard=6)
+    keys = keys_in(paths)
+    cfg = config(tmp_path, f"{tmp_path}/s-{{00..03}}.tar", loader_workers=workers)
+    texts = all_captions(keys)
+    seen = []
+    for rank in range(2):
+        loader = make_loader(cfg, preprocess, tokenizer, rank, 2, epoch=0, skipped=SkipCounter())
+        assert loader.num_workers == workers
+        seen.append([texts[c] for c in captions_of(loader, tokenizer, texts)])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(keys)
+    assert set(seen[0]) == set(keys_in(paths[0::2]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_order_is_seeded_by_seed_and_epoch(tmp_path, clip_io, workers):
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=4, per_shard=8)
+    keys = keys_in(paths)
+    texts = all_captions(keys)
+
+    def run(epoch: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+        cfg = config(tmp_path, paths, shuffle_buffer=16, loader_workers=workers, seed=seed)
+        loader = make_loader(cfg, preprocess, tokenizer, 0, 1, epoch, SkipCounter())
+        images = torch.cat([batch[0] for batch in loader])
+        loader = make_loader(cfg, preprocess, tokenizer, 0, 1, epoch, SkipCounter())
+        return captions_of(loader, tokenizer, texts), images
+
+    state = torch.get_rng_state()
+    order, images = run(epoch=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    again, images_again = run(epoch=3)
+    assert order == again and torch.equal(images, images_again)
+    assert sorted(order) == sorted(caption(k) for k in keys)
+    assert run(epoch=4)[0] != order
+    assert run(epoch=3, seed=1)[0] != order
+
+
+def test_fewer_shards_than_loader_workers_reduces_workers(tmp_path, clip_io, caplog):
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=3, per_shard=4)
+    cfg = config(tmp_path, paths, loader_workers=2)
+    loader = make_loader(cfg, preprocess, tokenizer, 1, 2, 0, SkipCounter())
+    assert loader.num_workers == 1
+    assert "using 1 loader workers" in caplog.text
+    assert len(list(loader)) == 2
+    with pytest.raises(UserError, match="3 shards for 4 ranks"):
+        make_loader(cfg, preprocess, tokenizer, 0, 4, 0, SkipCounter())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_samples_per_epoch_resamples_to_an_exact_length(tmp_path, clip_io, workers):
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=4, per_shard=3)
+    texts = all_captions(keys_in(paths))
+    cfg = config(tmp_path, paths, samples_per_epoch=21, batch_size=2, loader_workers=workers)
+    for rank in range(2):
+        loader = make_loader(cfg, preprocess, tokenizer, rank, 2, epoch=1, skipped=SkipCounter())
+        assert loader.batches_per_epoch == 10
+        got = captions_of(loader, tokenizer, texts)
+        assert len(got) == 20  # 10 batches of 2, from 6 samples read round after round
+        assert {texts[c] for c in got} == set(keys_in(paths[rank::2]))
+    with pytest.raises(UserError, match="less than one batch"):
+        make_loader(
+            config(tmp_path, paths, samples_per_epoch=1, batch_size=2),
+            preprocess,
+            tokenizer,
+            0,
+            1,
+            0,
+            SkipCounter(),
+        )
+
+
+# ------------------------------------------------------------------ LaCLIP rewrites
+
+
+def test_rewrite_probability(tmp_path, clip_io):
+    preprocess, tokenizer = clip_io
+    path = tmp_path / "r.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for j in range(6):
+            rewrites = [f"rewritten r{j} first", f"rewritten r{j} second"]
+            sink.write(sample(f"r{j}", j, json=json.dumps({"rewrites": rewrites})))
+        sink.write(sample("short", 7, json=json.dumps({"rewrites": ["single"]})))
+        sink.write(sample("plain", 8))
+    keys = [f"r{j}" for j in range(6)] + ["short", "plain"]
+    texts = all_captions(keys)
+
+    def captions(p: float, epoch: int = 0) -> list[str]:
+        cfg = config(tmp_path, str(path), rewrite_prob=p, batch_size=1)
+        loader = make_loader(cfg, preprocess, tokenizer, 0, 1, epoch, SkipCounter())
+        return sorted(captions_of(loader, tokenizer, texts))
+
+    originals = sorted(caption(k) for k in keys)
+    assert captions(0.0) == originals
+    rewritten = captions(1.0)
+    assert len(rewritten) == 8
+    assert {c for c in rewritten if not c.startswith("rewritten")} == {
+        caption("short"),
+        caption("plain"),
+    }
+    assert {c.split()[1] for c in rewritten if c.startswith("rewritten")} == {
+        f"r{j}" for j in range(6)
+    }
+    assert captions(1.0) == rewritten
+    both = {c.split()[-1] for e in range(6) for c in captions(1.0, e) if c.startswith("rewritten")}
+    assert both == {"first", "second"}
+
+
+# ------------------------------------------------------------------ bad data
+
+
+def truncate_inside(path: Path, key: str) -> None:
+    """Cut a tar in the middle of the data of the first member of sample ``key``."""
+    with tarfile.open(path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.startswith(key + "."))
+    with open(path, "r+b") as f:
+        f.truncate(member.offset_data + member.size // 2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_data_is_skipped_and_counted(tmp_path, clip_io, workers):
+    preprocess, tokenizer = clip_io
+    good = [f"g{i}" for i in range(12)]
+    shard_a = tmp_path / "bad-00.tar"
+    with wds.TarWriter(str(shard_a)) as sink:
+        sink.write(sample(good[0], 0))
+        sink.write({"__key__": "corrupt", "jpg": b"this is not a jpeg", "txt": caption("corrupt")})
+        sink.write({"__key__": "notext", "png": png(1)})
+        sink.write(sample(good[1], 2))
+        sink.write({"__key__": "badjson", "png": png(3), "txt": "x y", "json": b"{oops"})
+        sink.write(sample(good[2], 4))
+    shard_b = tmp_path / "bad-01.tar"
+    with wds.TarWriter(str(shard_b)) as sink:
+        for i, key in enumerate(good[3:9] + ["lost0", "lost1"]):
+            sink.write(sample(key, 10 + i))
+    truncate_inside(shard_b, "lost0")
+    shard_c = tmp_path / "bad-02.tar"
+    with wds.TarWriter(str(shard_c)) as sink:
+        for i, key in enumerate(good[9:]):
+            sink.write(sample(key, 20 + i))
+    shard_d = tmp_path / "bad-03.tar"
+    shard_d.write_bytes(b"\x00garbage" * 300)
+
+    cfg = config(tmp_path, f"{tmp_path}/bad-{{00..03}}.tar", batch_size=1, loader_workers=workers)
+    skipped = SkipCounter()
+    loader = make_loader(cfg, preprocess, tokenizer, 0, 1, 0, skipped)
+    got = captions_of(loader, tokenizer, all_captions(good))
+    assert sorted(got) == sorted(caption(k) for k in good)
+    assert skipped.reasons == {
+        "bad_image": 1,
+        "no_caption": 1,
+        "bad_json": 1,
+        "unreadable_shard": 2,
+    }
+    assert skipped.count == 5
+    assert (skipped.samples_read, skipped.shards_read) == (12, 2)
+
+    again = make_loader(cfg, preprocess, tokenizer, 0, 1, 1, skipped)
+    assert len(list(again)) == 12
+    assert skipped.count == 10
+
+
+def test_no_shards_or_missing_files_are_user_errors(tmp_path, clip_io):
+    preprocess, tokenizer = clip_io
+
+    def load(train):
+        return make_loader(config(tmp_path, train), preprocess, tokenizer, 0, 1, 0, SkipCounter())
+
+    with pytest.raises(UserError, match="data.train: expands to no shards"):
+        load([])
+    with pytest.raises(UserError, match=r"data.train: 3 of 3 shards do not exist, e.g. .*none-0"):
+        load(f"{tmp_path}/none-{{0..2}}.tar")
+    with pytest.raises(UserError, match=r"shards do not exist, e.g. .*none-\*"):
+        load(f"{tmp_path}/none-*.tar")
+
+
+def test_shard_list_expands_braces_lists_and_local_globs(tmp_path):
+    paths = write_shards(tmp_path, shards=3, per_shard=1)
+    assert shard_list(f"{tmp_path}/s-*.tar") == paths
+    assert shard_list(f"{tmp_path}/s-{{00..01}}.tar::{paths[2]}") == paths
+    remote = "s3://b/x-{0..1}.tar"
+    assert shard_list([paths[2], remote]) == [paths[2], "s3://b/x-0.tar", "s3://b/x-1.tar"]
+
+
+def test_samples_per_rank_counts_local_shards(tmp_path):
+    paths = write_shards(tmp_path, shards=3, per_shard=4)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x00garbage" * 300)
+    assert samples_per_rank(paths, 2) == [8, 4]
+    assert samples_per_rank([*paths, str(junk)], 2) == [8, 4]
+    assert samples_per_rank(paths, 1) == [12]
+    with pytest.raises(UserError, match="data.samples_per_epoch: is needed with remote shards"):
+        samples_per_rank([*paths, "s3://bucket/x.tar"], 2)
+
+
+@pytest.mark.parametrize("samples_per_epoch", [None, 4])
+def test_nothing_readable_is_a_user_error_after_trying(tmp_path, clip_io, samples_per_epoch):
+    preprocess, tokenizer = clip_io
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x00garbage" * 300)
+    train = [str(junk), str(junk)]
+    cfg = config(tmp_path, train, samples_per_epoch=samples_per_epoch, loader_workers=2)
+    loader = make_loader(cfg, preprocess, tokenizer, 0, 1, 0, SkipCounter())
+    with pytest.raises(UserError, match="data.train: none of the 2 shards of rank 0 could be read"):
+        list(loader)
+
+
+@pytest.mark.parametrize("samples_per_epoch", [None, 4])
+def test_all_samples_bad_is_a_user_error(tmp_path, clip_io, samples_per_epoch):
+    preprocess, tokenizer = clip_io
+    path = tmp_path / "allbad.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for j in range(5):
+            sink.write({"__key__": f"b{j}", "jpg": b"broken", "txt": "a caption"})
+    cfg = config(tmp_path, str(path), samples_per_epoch=samples_per_epoch, shuffle_buffer=3)
+    skipped = SkipCounter()
+    loader = make_loader(cfg, preprocess, tokenizer, 0, 1, 0, skipped)
+    with pytest.raises(UserError, match="every sample of rank 0 was skipped"):
+        list(loader)
+    assert skipped.reasons["bad_image"] >= 5
+
+
+def test_too_few_samples_for_a_batch_is_a_user_error(tmp_path, clip_io):
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=1, per_shard=3)
+    cfg = config(tmp_path, paths, batch_size=4)
+    loader = make_loader(cfg, preprocess, tokenizer, 0, 1, 0, SkipCounter())
+    with pytest.raises(UserError, match="fewer than one batch of 4"):
+        list(loader)
+
+
+# ------------------------------------------------------------------ URLs
+
+
+def test_shard_urls_for_object_stores_and_http():
+    assert shard_url("s3://bucket/cc3m/000.tar") == "pipe:aws s3 cp s3://bucket/cc3m/000.tar -"
+    assert shard_url("gs://bucket/a/001.tar") == "pipe:gsutil cat gs://bucket/a/001.tar"
+    assert shard_url("gcs://bucket/a/001.tar") == "pipe:gsutil cat gs://bucket/a/001.tar"
+    assert shard_url("https://host/d/002.tar") == "pipe:curl -s -L -f https://host/d/002.tar"
+    assert shard_url("http://host/d/a b&c.tar") == "pipe:curl -s -L -f 'http://host/d/a b&c.tar'"
+    assert shard_url("/data/cc3m/000.tar") == "/data/cc3m/000.tar"
+    assert shard_url("pipe:cat /x.tar") == "pipe:cat /x.tar"
