@@ -8,9 +8,10 @@ accuracy on rank 0 after each epoch and reports the metrics of DESIGN.md with
 an open_clip-loadable checkpoint. When Ray restarts the run it resumes from
 the latest checkpoint. It knows nothing of Tune.
 
-Every rank runs exactly ``steps_per_epoch`` steps per epoch, reading from its
-own shards in an endless, reseeded cycle, so uneven shards or skipped samples
-can never leave one rank waiting for another in a collective.
+Every rank runs exactly ``steps_per_epoch`` steps per epoch: the loader reads
+the rank's shards round after round (reseeded per round) and stops there, so
+uneven shards or skipped samples never leave one rank waiting for another in
+a collective.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,26 +133,6 @@ def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
             "lower optim.batch_size or workers.num, or add shards",
         )
     return steps
-
-
-def _endless_batches(cfg, preprocess, tokenizer, rank, world, epoch, skipped) -> Iterator:
-    """This rank's batches for ``epoch``, cycling over its shards (each pass reseeded)."""
-    passes = 0
-    while True:
-        got = False
-        for batch in shards.make_loader(
-            cfg, preprocess, tokenizer, rank, world, epoch * 1000 + passes, skipped
-        ):
-            got = True
-            yield batch
-        if not got:
-            raise UserError(
-                "config",
-                "data.train",
-                f"rank {rank} read no complete batch from its shards",
-                "check the shards (see the skipped-sample warnings) or lower optim.batch_size",
-            )
-        passes += 1
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -270,6 +250,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     n_steps = steps_per_epoch(cfg, world)
     total_steps = n_steps * cfg.epochs
+    fixed = cfg.model_copy(deep=True)
+    fixed.data.samples_per_epoch = n_steps * cfg.optim.batch_size
     evalset = (
         zeroshot.load(
             cfg.data.zeroshot, cfg.data.zeroshot_split, eval_preprocess, cfg.eval.max_samples
@@ -283,10 +265,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         # dropout and augmentation: seeded per rank and epoch, so a resumed run repeats them
         torch.manual_seed(cfg.seed * 1000 + rank + 1 + 7919 * epoch)
         model.train()
-        batches = _endless_batches(cfg, preprocess, tokenizer, rank, world, epoch, skipped)
+        loader = shards.make_loader(fixed, preprocess, tokenizer, rank, world, epoch, skipped)
         loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
-        for _ in range(n_steps):
-            images, texts = next(batches)
+        for images, texts in loader:
             loss = train_step(
                 model,
                 criterion,
