@@ -1,0 +1,213 @@
+"""The best trial of a sweep as a train config, and the commands that run it at full scale.
+
+Reads MLflow only (through :mod:`smotune.tracking`), never Tune's files: the
+best trial is the completed child run with the highest final ``zeroshot_top1``
+of the experiment's latest sweep. Its train config is rebuilt from the run's
+config artifact, validated, checked against the run's params, and written as
+YAML that ``smotune train`` runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smotune import tracking
+from smotune.config import TrainConfig, dump_train, is_remote, validate_train
+from smotune.errors import UserError
+from smotune.space import apply
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+FORMATS = ("yaml", "cmd", "open_clip_train")
+SHOWN_METRICS = ("zeroshot_top1", "zeroshot_top5", "train_loss", "epoch")
+
+OPEN_CLIP_PRECISION = {"auto": "amp_bf16", "bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}
+"""Our precision -> open_clip_train's ``--precision`` (``auto`` is bf16 autocast on a GPU)."""
+
+_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+
+
+def _tracking_uri(tracking_uri: str | None) -> tuple[str, str]:
+    """The tracking URI and where it came from (for error messages)."""
+    if tracking_uri:
+        return tracking_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return DEFAULT_TRACKING_URI, "--tracking-uri (default)"
+
+
+def best_config(record: tracking.TrialRecord) -> TrainConfig:
+    """The train config of a trial's run, validated and checked against the run's params."""
+    where = f"MLflow run {record.run_id} (trial {record.trial_id}) {tracking.TRAIN_ARTIFACT}"
+    data = yaml.safe_load(record.train_yaml)
+    if not isinstance(data, dict):
+        raise UserError(where, "", "is not a YAML mapping", "export another run of the sweep")
+    cfg = validate_train(data, where)
+    for name, value in tracking.train_params(cfg).items():
+        logged = record.params.get(name)
+        if logged != value:
+            raise UserError(
+                where,
+                name,
+                f"is {value} in {tracking.TRAIN_ARTIFACT} but {logged} in the run's params",
+                "the run was changed after the sweep; export from an unchanged run",
+            )
+    return cfg
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in SHOWN_METRICS if k in metrics)
+
+
+def _override_notes(before: TrainConfig, after: TrainConfig) -> list[str]:
+    notes = []
+    if after.epochs != before.epochs:
+        notes.append(f"epochs {before.epochs} -> {after.epochs}")
+    if after.workers.num != before.workers.num:
+        notes.append(
+            f"workers.num {before.workers.num} -> {after.workers.num}: global batch "
+            f"{before.global_batch_size} -> {after.global_batch_size} (label smoothing's "
+            "effect depends on the global batch)"
+        )
+    return notes
+
+
+def _job_path(out: Path) -> tuple[str, list[str]]:
+    """``out`` as the job sees it from ``--working-dir .``, and a note if it is outside."""
+    rel = os.path.relpath(out.absolute(), Path.cwd())
+    if rel.startswith(".."):
+        return str(out), [f"# {out} is outside the working dir: copy it into . before submitting"]
+    return rel, []
+
+
+def _imagenet_val(cfg: TrainConfig) -> str | None:
+    """The zero-shot dir if it is an ImageNet folder (1000 class dirs) open_clip_train can read."""
+    if is_remote(cfg.data.zeroshot):
+        return None
+    root = Path(cfg.data.zeroshot)
+    if (root / "classnames.txt").exists():
+        return None
+    for cand in (root / cfg.data.zeroshot_split, root):
+        if cand.is_dir() and sum(1 for p in cand.iterdir() if p.is_dir()) == 1000:
+            return str(cand)
+    return None
+
+
+def open_clip_train_command(cfg: TrainConfig) -> str:
+    """An ``open_clip_train`` command for ``cfg``, then a comment per setting it cannot take."""
+    o = cfg.optim
+    train_data = cfg.data.train if isinstance(cfg.data.train, str) else "::".join(cfg.data.train)
+    args: list[Any] = ["python", "-m", "open_clip_train.main", "--model", cfg.model.arch]
+    args += ["--lr", o.lr, "--wd", o.weight_decay, "--beta1", o.beta1, "--beta2", o.beta2]
+    args += ["--eps", o.eps, "--warmup", o.warmup_steps, "--epochs", cfg.epochs]
+    args += ["--batch-size", o.batch_size, "--precision", OPEN_CLIP_PRECISION[cfg.precision]]
+    if o.grad_clip is not None:
+        args += ["--grad-clip-norm", o.grad_clip]
+    args += ["--train-data", train_data, "--dataset-type", "webdataset"]
+    if cfg.data.samples_per_epoch is not None:
+        args += ["--train-num-samples", cfg.data.samples_per_epoch * cfg.workers.num]
+    imagenet = _imagenet_val(cfg)
+    if imagenet is not None:
+        args += ["--imagenet-val", imagenet]
+    if cfg.loss.local_loss:
+        args.append("--local-loss")
+    if cfg.loss.gather_with_grad:
+        args.append("--gather-with-grad")
+    args += ["--workers", cfg.data.loader_workers, "--seed", cfg.seed, "--lr-scheduler", "cosine"]
+
+    notes = [
+        f"loss.label_smoothing = {cfg.loss.label_smoothing} (open_clip_train's loss has none)",
+        f"model.text_dropout = {cfg.model.text_dropout} (open_clip's text tower has none)",
+        f"optim.min_lr = {o.min_lr} (open_clip_train's cosine decays to 0)",
+        f"data.rewrite_prob = {cfg.data.rewrite_prob} (LaCLIP caption rewrites)",
+    ]
+    lines = [shlex.join(str(a) for a in args)]
+    lines += [f"# no open_clip_train flag for {n}" for n in notes]
+    if cfg.precision == "auto":
+        lines.append("# precision auto -> amp_bf16: bf16 autocast, as smotune uses on a GPU")
+    if cfg.workers.num > 1:
+        lines.append(
+            f"# the sweep used {cfg.workers.num} workers: run on {cfg.workers.num} GPUs "
+            f"(torchrun --nproc_per_node {cfg.workers.num} -m open_clip_train.main ...) "
+            f"to keep the global batch of {cfg.global_batch_size}"
+        )
+    if imagenet is None:
+        lines.append(
+            f"# no --imagenet-val: data.zeroshot {cfg.data.zeroshot} is not an ImageNet folder; "
+            "evaluate the checkpoints with clip_benchmark instead"
+        )
+    if cfg.data.samples_per_epoch is None:
+        lines.append(
+            "# add --train-num-samples N (pairs per epoch) unless the shards have sizes.json"
+        )
+    if (_MODEL_CONFIGS / f"{cfg.model.arch}.json").is_file():
+        lines.append(
+            f"# --model {cfg.model.arch} is smotune's: copy smotune/model_configs/"
+            f"{cfg.model.arch}.json into open_clip's model_configs first"
+        )
+    return "\n".join(lines)
+
+
+def export_best(
+    experiment: str,
+    tracking_uri: str | None = None,
+    out: str = "best.yaml",
+    fmt: str = "yaml",
+    epochs: int | None = None,
+    workers: int | None = None,
+    address: str = "http://127.0.0.1:8265",
+) -> str:
+    """Write the best trial's train config to ``out``; return a text for ``fmt``.
+
+    ``yaml``: the path and the best metrics. ``cmd``: a ``ray job submit`` line
+    that trains ``out`` on the cluster at ``address``. ``open_clip_train``: the
+    equivalent open_clip_train command plus what it cannot express.
+    ``epochs`` / ``workers`` override ``epochs`` / ``workers.num``.
+    """
+    if fmt not in FORMATS:
+        raise UserError(
+            "--format", "", f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}"
+        )
+    uri, where = _tracking_uri(tracking_uri)
+    tracking.check_tracking(uri, where=where, existing=True)
+    record = tracking.best_trial_run(uri, experiment)
+    swept = best_config(record)
+    overrides = {
+        k: v for k, v in {"epochs": epochs, "workers.num": workers}.items() if v is not None
+    }
+    cfg = apply(swept, overrides, where="command line") if overrides else swept
+    path = Path(out)
+    try:
+        path.write_text(dump_train(cfg))
+    except OSError as err:
+        raise UserError(
+            str(path), "", f"cannot write ({err.strerror})", "choose another --out"
+        ) from None
+
+    head = (
+        f"wrote {path}: trial {record.trial_id} (MLflow run {record.run_id}) of "
+        f"{experiment!r}, {_metrics_text(record.metrics)}"
+    )
+    notes = _override_notes(swept, cfg)
+    if fmt == "yaml":
+        return "\n".join([head, *(f"  {n}" for n in notes), f"run it: smotune train {path}"])
+    comments = [f"# {head}", *(f"# {n}" for n in notes)]
+    if fmt == "cmd":
+        job_path, outside = _job_path(path)
+        return "\n".join(
+            [
+                *comments,
+                *outside,
+                "# token-auth clusters (Ray's default): run it with RAY_AUTH_MODE=token (reads "
+                "~/.ray/auth_token; on another machine set RAY_AUTH_TOKEN)",
+                "# the job runs with the PATH of the process that started the head: start the "
+                "head from this project's venv",
+                f"ray job submit --address {shlex.quote(address)} --working-dir . -- "
+                f"smotune train {shlex.quote(job_path)}",
+            ]
+        )
+    return "\n".join([*comments, open_clip_train_command(cfg)])

@@ -1,0 +1,408 @@
+"""MLflow logging of a sweep: a real Tune run on the local Ray, a real sqlite store and a real
+`mlflow server`; resume re-attachment; tracking URI checks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from ray.tune.experiment import Trial
+
+from smotune import tracking
+from smotune.config import SweepConfig, dump_train
+from smotune.errors import UserError
+
+EPOCHS = 3
+# label smoothing -> expected status; the trainable scores lower smoothing higher, runs the
+# grid in this order one at a time, so ASHA (grace 1, reduction 2) stops 0.15 and 0.2 at epoch 1.
+GRID = {0.1: "completed", 0.0: "completed", 0.15: "early_stopped", 0.2: "failed", 0.25: "failed"}
+NAN_AT = 0.2
+FAIL_AT = 0.25
+
+SWEEP_YAML = """\
+name: {name}
+train:
+  data: {{train: "data/synth/train-{{0000..0003}}.tar", zeroshot: data/synth/zeroshot}}
+  epochs: 3
+  workers: {{num: 2, cpus: 0}}
+space:
+  loss.label_smoothing: {{uniform: [0.0, 0.3]}}
+  optim.weight_decay: {{fixed: 0.2}}
+search: {{algo: random, samples: 5, concurrent: 1, seed: 0}}
+schedule: {{asha: {{metric: zeroshot_top1, grace: 1, reduction: 2}}}}
+tracking: {{uri: "{uri}"}}
+"""
+
+
+def make_sweep(uri: str, name: str = "tsweep") -> tuple[SweepConfig, str]:
+    text = SWEEP_YAML.format(name=name, uri=uri)
+    return SweepConfig.model_validate(yaml.safe_load(text)), text
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite database, made once: MLflow's migrations of a new one take seconds."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(migrated_db, tmp_path) -> str:
+    """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
+    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def epoch_result(smoothing: float, epoch: int, nan: bool = False) -> dict:
+    return {
+        "epoch": epoch,
+        "zeroshot_top1": round(0.5 - smoothing + 0.01 * epoch, 6),
+        "zeroshot_top5": 0.9,
+        "train_loss": float("nan") if nan else 2.0 - 0.1 * epoch,
+        "lr": 1e-3,
+        "samples_per_s": 100.0,
+        "data_skipped": 0,
+    }
+
+
+def make_trainable(fail_marker: Path | None = None):
+    """A trial function: one result per epoch; NAN_AT reports a NaN loss, FAIL_AT raises,
+    0.0 saves a checkpoint each epoch.
+
+    With ``fail_marker``, FAIL_AT raises only while the marker file is absent (and creates it).
+    This test module is not importable on Ray workers, so it is pickled by value.
+    """
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    def trainable(config):
+        from ray import tune
+
+        s = config["loss.label_smoothing"]
+        if s == FAIL_AT and (fail_marker is None or not fail_marker.exists()):
+            if fail_marker is not None:
+                fail_marker.touch()
+            raise RuntimeError("synthetic failure before epoch 1")
+        for epoch in range(1, EPOCHS + 1):
+            result = epoch_result(s, epoch, nan=s == NAN_AT)
+            if s != 0.0:
+                tune.report(result)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tmp, "weights.txt").write_text(f"epoch {epoch}")
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    return trainable
+
+
+def run_tune(sweep: SweepConfig, text: str, storage: Path, grid: list[float], fail_marker=None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    callback = tracking.MlflowSweepCallback(sweep, text)
+    tuner = tune.Tuner(
+        tune.with_resources(make_trainable(fail_marker), {"cpu": 0, "trial_driver": 1}),
+        param_space={"loss.label_smoothing": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(
+            scheduler=ASHAScheduler(
+                time_attr="epoch",
+                metric="zeroshot_top1",
+                mode="max",
+                max_t=EPOCHS,
+                grace_period=1,
+                reduction_factor=2,
+            ),
+            max_concurrent_trials=1,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=str(storage), callbacks=[callback], verbose=0
+        ),
+    )
+    tuner.fit()
+    return callback
+
+
+def runs_of(uri: str, experiment: str):
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return client, parents, children
+
+
+def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSweepCallback):
+    client, parents, children = runs_of(uri, sweep.experiment)
+    assert len(parents) == 1 and len(children) == len(GRID)
+    parent = parents[0]
+    assert parent.info.run_id == callback.parent_run_id
+    assert parent.info.run_name.startswith(f"{sweep.name}-")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["space.loss.label_smoothing"] == "{uniform: [0.0, 0.3]}"
+    assert parent.data.params["search.algo"] == "random"
+    assert parent.data.params["schedule.asha.reduction"] == "2.0"
+    sweep_yaml = client.download_artifacts(parent.info.run_id, "sweep.yaml")
+    assert Path(sweep_yaml).read_text() == callback.sweep_file_text
+
+    by_smoothing = {float(c.data.params["loss.label_smoothing"]): c for c in children}
+    assert set(by_smoothing) == set(GRID)
+    for smoothing, child in by_smoothing.items():
+        tags, params = child.data.tags, child.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.run_name == tags["trial_id"]
+        assert tags["status"] == GRID[smoothing], (smoothing, tags)
+        want = "FAILED" if GRID[smoothing] == "failed" else "FINISHED"
+        assert child.info.status == want
+        assert params["optim.weight_decay"] == "0.2"  # the fixed value
+        assert params["global_batch_size"] == "256"
+        assert params["workers.num"] == "2"
+        train_yaml = client.download_artifacts(child.info.run_id, "train.yaml")
+        assert yaml.safe_load(Path(train_yaml).read_text())["loss"]["label_smoothing"] == smoothing
+        assert not any(
+            k.startswith(("time_", "training_iteration", "pid")) for k in child.data.metrics
+        )
+
+    history = client.get_metric_history(by_smoothing[0.0].info.run_id, "zeroshot_top1")
+    assert [(m.step, m.value) for m in history] == [(1, 0.51), (2, 0.52), (3, 0.53)]
+    stopped = client.get_metric_history(by_smoothing[0.15].info.run_id, "zeroshot_top1")
+    assert [m.step for m in stopped] == [1]
+    assert by_smoothing[NAN_AT].data.tags["reason"] == "nan loss"
+    assert by_smoothing[FAIL_AT].data.tags["reason"].startswith("RuntimeError: synthetic failure")
+    assert "reason" not in by_smoothing[0.0].data.tags
+
+    best = by_smoothing[0.0]
+    checkpoint = Path(best.data.tags["checkpoint"])
+    assert (checkpoint / "weights.txt").read_text() == "epoch 3"
+    assert "checkpoint" not in by_smoothing[0.1].data.tags
+    assert parent.data.tags["best_trial"] == best.data.tags["trial_id"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_zeroshot_top1"] == pytest.approx(0.53)
+    assert [c.data.tags.get("best") for c in children].count("true") == 1
+    assert best.data.tags["best"] == "true"
+    best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
+    assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
+    assert best_yaml == dump_train(
+        tracking.trial_train_config(sweep, {"loss.label_smoothing": 0.0})
+    )
+
+    assert not [r for r in [parent, *children] if r.info.status == "RUNNING"]
+    rows = {r["trial_id"]: r for r in callback.summary()}
+    from_mlflow = {r["trial_id"]: r for r in tracking.sweep_summary(sweep)}
+    assert rows == from_mlflow
+    row = rows[best.data.tags["trial_id"]]
+    assert row["status"] == "completed" and row["epochs_run"] == 3
+    assert row["params"] == {"loss.label_smoothing": 0.0}
+    assert row["zeroshot_top1"] == pytest.approx(0.53)
+
+
+@pytest.mark.ray
+def test_tune_sweep_logged_to_sqlite(ray_cluster, sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = sqlite_uri
+    sweep, text = make_sweep(uri)
+    callback = run_tune(sweep, text, tmp_path / "ray", list(GRID))
+    check_logged_sweep(uri, sweep, callback)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts); its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=open(root / "server.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.ray
+def test_tune_sweep_logged_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
+    tracking.check_tracking(mlflow_server, experiment="tsweep-http")
+    sweep, text = make_sweep(mlflow_server, name="tsweep-http")
+    callback = run_tune(sweep, text, tmp_path / "ray", list(GRID))
+    check_logged_sweep(mlflow_server, sweep, callback)
+
+
+def trial(trial_id: str, smoothing: float) -> Trial:
+    """A real Tune ``Trial`` (never run: its callback events are called directly)."""
+    from ray import tune
+
+    tune.register_trainable("smotune_test_trainable", make_trainable())
+    config = {"loss.label_smoothing": smoothing}
+    return Trial("smotune_test_trainable", config=config, trial_id=trial_id)
+
+
+def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = sqlite_uri
+    sweep, text = make_sweep(uri)
+    a, b = trial("aaaa0001", 0.1), trial("bbbb0002", 0.2)
+
+    first = tracking.MlflowSweepCallback(sweep, text)
+    first.setup()
+    first.on_trial_start(0, [a], a)
+    first.on_trial_result(0, [a], a, epoch_result(0.1, 1))
+    state = pickle.loads(pickle.dumps(first.get_state()))
+    # b starts after the state was saved: the restored callback must find its run by tag
+    first.on_trial_start(0, [a, b], b)
+    first.on_trial_result(0, [a, b], b, epoch_result(0.2, 1))
+    first.on_experiment_end([a, b])  # the interrupted sweep: both runs end KILLED
+
+    _, parents, children = runs_of(uri, sweep.experiment)
+    assert {c.info.status for c in children} == {"KILLED"}
+    assert {c.data.tags["status"] for c in children} == {"killed"}
+
+    # Tune unpickles the callback from tuner.pkl, then calls set_state, then setup
+    second = pickle.loads(pickle.dumps(tracking.MlflowSweepCallback(sweep, text)))
+    second.set_state(state)
+    second.setup()
+    assert second.parent_run_id == first.parent_run_id
+    for t in (a, b):
+        second.on_trial_start(0, [a, b], t)
+    _, parents, children = runs_of(uri, sweep.experiment)
+    assert [p.info.status for p in parents] == ["RUNNING"]
+    assert {c.info.status for c in children} == {"RUNNING"}
+    assert not any("reason" in c.data.tags for c in children)
+    for epoch in (2, 3):
+        second.on_trial_result(0, [a, b], a, epoch_result(0.1, epoch))
+    second.on_trial_complete(0, [a, b], a)
+    second.on_trial_result(0, [a, b], b, epoch_result(0.2, 2))
+    second.on_trial_complete(0, [a, b], b)
+    second.on_experiment_end([a, b])
+
+    client, parents, children = runs_of(uri, sweep.experiment)
+    assert len(parents) == 1 and len(children) == 2
+    by_id = {c.data.tags["trial_id"]: c for c in children}
+    assert by_id["aaaa0001"].data.tags["status"] == "completed"
+    assert by_id["bbbb0002"].data.tags["status"] == "early_stopped"
+    history = client.get_metric_history(by_id["aaaa0001"].info.run_id, "zeroshot_top1")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert parents[0].data.tags["best_trial"] == "aaaa0001"
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.ray
+def test_tuner_restore_reattaches(ray_cluster, sqlite_uri, tmp_path, monkeypatch):
+    from ray import tune
+
+    monkeypatch.chdir(tmp_path)
+    uri = sqlite_uri
+    sweep, text = make_sweep(uri, name="trestore")
+    marker = tmp_path / "failed-once"
+    grid = [0.0, FAIL_AT]
+    first = run_tune(sweep, text, tmp_path / "ray", grid, fail_marker=marker)
+    _, _, children = runs_of(uri, sweep.experiment)
+    assert sorted(c.data.tags["status"] for c in children) == ["completed", "failed"]
+
+    path = str(tmp_path / "ray" / sweep.name)
+    # resume_errored keeps the trial id (what an interrupted trial gets); restart_errored would
+    # make a new trial, and rightly a new run
+    trainable = tune.with_resources(make_trainable(marker), {"cpu": 0, "trial_driver": 1})
+    tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    tuner.fit()
+    _, parents, children = runs_of(uri, sweep.experiment)
+    assert len(parents) == 1 and parents[0].info.run_id == first.parent_run_id
+    assert len(children) == 2
+    assert sorted(c.data.tags["status"] for c in children) == ["completed", "completed"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert not any("reason" in c.data.tags for c in children)
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_check_tracking_dead_http_port():
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        tracking.check_tracking(uri)
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert message.startswith("tracking.uri:") and "\n" not in message
+    assert (
+        f"cannot reach the MLflow server at {uri}" in message and "mlflow server" in err.value.fix
+    )
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_check_tracking_bad_scheme():
+    with pytest.raises(UserError, match="unsupported tracking URI scheme 'foo'.*sqlite:///"):
+        tracking.check_tracking("foo://somewhere/db")
+
+
+def test_check_tracking_unwritable_sqlite(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="is not a directory"):
+        tracking.check_tracking(f"sqlite:///{blocker}/sub/mlflow.db")
+
+
+def test_check_tracking_ok_and_deleted_experiment(sqlite_uri, tmp_path):
+    uri = sqlite_uri
+    tracking.check_tracking(uri, experiment="gone")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("gone", artifact_location=str(tmp_path)))
+    with pytest.raises(UserError, match="'gone' .* is deleted"):
+        tracking.check_tracking(uri, experiment="gone")
+
+
+def test_check_tracking_hides_password():
+    uri = f"postgresql://user:s3cret@127.0.0.1:{free_port()}/mlflow"
+    with pytest.raises(UserError) as err:
+        tracking.check_tracking(uri)
+    assert "s3cret" not in str(err.value) and "user:***@127.0.0.1" in str(err.value)
