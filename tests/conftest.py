@@ -34,5 +34,5 @@ def synth_data(tmp_path_factory) -> Path:
     from smotune.data import synth
 
     out = tmp_path_factory.mktemp("synth")
-    synth.generate(out, train_samples=2048, shards=4, eval_per_class=4, seed=0)
+    synth.generate(out, train_samples=3072, shards=4, eval_per_class=8, seed=0)
     return out

@@ -1,0 +1,180 @@
+"""The sweep end to end: Tune + Optuna + ASHA on real Ray Train trials, MLflow, export, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from smotune import cli, config, sweep
+
+pytestmark = pytest.mark.ray
+
+GOOD_LR, BAD_LR = 1e-3, 1e-9
+
+
+def _sweep_file(tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int) -> Path:
+    """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing)."""
+    data = {
+        "name": name,
+        "train": {
+            "model": {"arch": "tiny-vit", "text_dropout": 0.0},
+            "data": {
+                "train": str(synth_data / "train-{0000..0003}.tar"),
+                "zeroshot": str(synth_data / "zeroshot"),
+                "samples_per_epoch": 640,
+                "loader_workers": 0,
+            },
+            "optim": {"lr": GOOD_LR, "warmup_steps": 3, "batch_size": 64},
+            "epochs": 2,
+            "workers": {"num": 2, "cpus": 1},
+        },
+        "space": {
+            "loss.label_smoothing": {"uniform": [0.0, 0.3]},
+            "optim.lr": {"choice": [GOOD_LR, BAD_LR]},
+        },
+        "search": {"algo": "random", "samples": samples, "concurrent": 1, "seed": seed},
+        "schedule": {"asha": {"metric": "zeroshot_top1", "grace": 1, "reduction": 2}},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": name},
+        "storage": {"path": str(tmp_path / "runs")},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _first_good_then_bad(samples: int) -> int:
+    """A seed whose random draws put a good lr first and a bad lr later (ASHA must stop it)."""
+    space = {
+        "loss.label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3),
+        "optim.lr": optuna.distributions.CategoricalDistribution([GOOD_LR, BAD_LR]),
+    }
+    for seed in range(100):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        lrs = [study.ask(space).params["optim.lr"] for _ in range(samples)]
+        if lrs[0] == GOOD_LR and BAD_LR in lrs and lrs.count(GOOD_LR) >= 2:
+            return seed
+    raise AssertionError("no seed found")
+
+
+def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    samples = 4
+    path = _sweep_file(tmp_path, synth_data, "e2e", samples, _first_good_then_bad(samples))
+    cfg = config.load_sweep(path)
+    rows = sweep.run_sweep(cfg, path)
+    out = capsys.readouterr().out
+
+    # trials ran with different sampled values; the bad-lr ones were stopped early by ASHA
+    assert len(rows) == samples
+    assert len({r["params"]["loss.label_smoothing"] for r in rows}) == samples
+    statuses = {r["status"] for r in rows}
+    assert "early_stopped" in statuses and "completed" in statuses
+    for r in rows:
+        if float(r["params"]["optim.lr"]) == BAD_LR and r is not rows[0]:
+            assert r["status"] == "early_stopped" and r["epochs_run"] == 1
+    assert "zeroshot_top1" in out and "early_stopped" in out and "best.yaml" in out
+
+    # MLflow: one parent, one nested child per trial, dotted params, per-epoch metrics
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and len(children) == samples
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
+    parent = parents[0]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "loss.label_smoothing" in child.data.params
+        assert child.data.params["global_batch_size"] == "128"
+        history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
+        epochs = 2 if child.data.tags["status"] == "completed" else 1
+        assert [m.step for m in history] == list(range(1, epochs + 1))
+    best_child = next(c for c in children if c.data.tags.get("best") == "true")
+    assert parent.data.tags["best_trial"] == best_child.data.tags["trial_id"]
+
+    # smotune best writes the best child's values; smotune train runs it unchanged
+    assert (
+        cli.main(
+            [
+                "best",
+                "--experiment",
+                "e2e",
+                "--tracking-uri",
+                cfg.tracking.uri,
+                "--out",
+                "exported.yaml",
+            ]
+        )
+        == 0
+    )
+    best = config.load_train(tmp_path / "exported.yaml")
+    flat = config.flatten(best.model_dump(mode="json"))
+    for name, value in best_child.data.params.items():
+        if name in flat:
+            assert str(flat[name]) == value, name
+    assert best.optim.lr == GOOD_LR
+    assert (
+        cli.main(["train", "exported.yaml", "--epochs", "1", "--storage", str(tmp_path / "full")])
+        == 0
+    )
+    assert "final: epoch=1" in capsys.readouterr().out
+
+
+def _children(uri: str, name: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    return [
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "trial"
+    ]
+
+
+def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
+    samples = 3
+    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed=0)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(smotune, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once the first trial has ended and the second started
+        kids = _children(uri, "resume")
+        if len(kids) >= 2 and any(k.data.tags.get("status") != "running" for k in kids):
+            break
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(1)
+    else:
+        raise AssertionError("the sweep did not get to its second trial")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    again = subprocess.run(
+        [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    kids = _children(uri, "resume")
+    assert len(kids) == samples
+    assert len({k.data.tags["trial_id"] for k in kids}) == samples
+    assert {k.data.tags["status"] for k in kids} <= {"completed", "early_stopped"}
+    assert all(k.info.status == "FINISHED" for k in kids)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for k in kids:  # nothing was trained twice: one value per epoch
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "zeroshot_top1")]
+        assert steps == sorted(set(steps))
+    parents = {k.data.tags["mlflow.parentRunId"] for k in kids}
+    assert len(parents) == 1
+
+    # a second --resume of a finished sweep does not add trials; a fresh run is refused
+    assert subprocess.run([*smotune], cwd=tmp_path, env=env, capture_output=True).returncode == 2
