@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 $(SYNTH)/train-0000.tar: | $(STAMP)
 	$(BIN)/smotune data synth --out $(SYNTH)
 
+# The demo starts over each time: Tune's state of an earlier demo goes, its MLflow runs stay.
 demo: $(STAMP) $(SYNTH)/train-0000.tar
+	rm -rf runs/demo
 	$(BIN)/smotune sweep search_spaces/demo.yaml
 
 test: $(STAMP)

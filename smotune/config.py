@@ -141,6 +141,9 @@ class SearchConfig(_Strict):
     concurrent: int = Field(1, ge=1)
     seed: int = 0
     time_budget: float | None = Field(None, gt=0, description="wall seconds for the whole sweep")
+    include_default: bool = Field(
+        False, description="the first trial runs the train config's own values (a baseline)"
+    )
 
 
 class AshaConfig(_Strict):

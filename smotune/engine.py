@@ -16,10 +16,12 @@ a collective.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,20 +144,22 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
     return t.tolist()
 
 
-def _save_checkpoint(tmp: Path, model, optimizer, scaler, epoch: int, step: int) -> None:
+def _save_checkpoint(tmp: Path, model, optimizer, scaler, metrics: dict[str, Any]) -> None:
     model_mod.save_checkpoint(model, tmp / MODEL_FILE)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch,
-            "step": step,
+            "epoch": metrics["epoch"],
+            "step": metrics["step"],
+            "metrics": metrics,
         },
         tmp / STATE_FILE,
     )
 
 
-def _load_checkpoint(path: str, model, optimizer, scaler) -> tuple[int, int]:
+def _load_checkpoint(path: str, model, optimizer, scaler) -> dict[str, Any]:
+    """Restore model, optimizer and scaler; return the metrics of the checkpoint's epoch."""
     module = getattr(model, "module", model)
     sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
     module.load_state_dict(sd["state_dict"])
@@ -163,7 +167,7 @@ def _load_checkpoint(path: str, model, optimizer, scaler) -> tuple[int, int]:
     optimizer.load_state_dict(state["optimizer"])
     if scaler and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    return state["epoch"], state["step"]
+    return state["metrics"]
 
 
 def train_step(
@@ -206,6 +210,12 @@ def train_step(
     return loss.item()
 
 
+def quiet_libraries() -> None:
+    """Keep open_clip's INFO lines and a torch deprecation notice out of every worker's log."""
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*all_gather is deprecated.*", FutureWarning)
+
+
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
@@ -220,6 +230,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(loop_config["train"])
+    quiet_libraries()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     runtime = choose_runtime(cfg.workers.gpus, cfg.precision, torch.cuda.is_available())
@@ -246,7 +257,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as path:
-            start_epoch, step = _load_checkpoint(path, model, optimizer, scaler)
+            last = _load_checkpoint(path, model, optimizer, scaler)
+        start_epoch, step = last["epoch"], last["step"]
+        if start_epoch >= cfg.epochs:  # a finished run restarted: say again how it ended
+            ray.train.report(last if rank == 0 else {"epoch": start_epoch})
+            return
 
     n_steps = steps_per_epoch(cfg, world)
     total_steps = n_steps * cfg.epochs
@@ -309,7 +324,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                         runtime.autocast_dtype,
                     )
                 )
-                _save_checkpoint(Path(tmp), model, optimizer, scaler, epoch, step)
+                _save_checkpoint(Path(tmp), model, optimizer, scaler, metrics)
                 print(epoch_line(metrics, cfg.epochs), flush=True)
                 report_ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=report_ckpt)

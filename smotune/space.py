@@ -17,6 +17,7 @@ from smotune.config import (
     Distribution,
     SweepConfig,
     TrainConfig,
+    flatten,
     is_train_field,
     set_dotted,
     validate_train,
@@ -71,8 +72,30 @@ def _extremes(dist: Distribution) -> list[Any]:
     return [dist.fixed]
 
 
+def _contains(dist: Distribution, value: Any) -> bool:
+    if dist.kind == "choice":
+        return value in dist.choice
+    low, high = getattr(dist, dist.kind)
+    return low <= value <= high
+
+
+def default_point(sweep: SweepConfig) -> dict[str, Any]:
+    """The train config's own values at the searched paths (the baseline trial)."""
+    flat = flatten(sweep.train.model_dump(mode="json"))
+    return {path: flat[path] for path in optuna_space(sweep)}
+
+
 def check_space(sweep: SweepConfig, where: str) -> None:
     """Every path names a train-config field and every value the space can take is valid there."""
+    if sweep.search.include_default:
+        for path, value in default_point(sweep).items():
+            if not _contains(sweep.space[path], value):
+                raise UserError(
+                    where,
+                    f"space.{path}",
+                    f"search.include_default is on but train.{path} = {value!r} is outside it",
+                    f"widen the space or change train.{path}",
+                )
     for path, dist in sweep.space.items():
         field = f"space.{path}"
         if not is_train_field(path):

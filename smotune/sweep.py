@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from smotune import tracking, trial
 from smotune.config import SweepConfig, absolute_paths
 from smotune.errors import UserError
-from smotune.space import fixed_values, optuna_space
+from smotune.space import default_point, fixed_values, optuna_space
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -75,6 +75,7 @@ def make_searcher(sweep: SweepConfig) -> TruthfulOptunaSearch:
     metric = sweep.schedule.asha.metric if sweep.schedule.asha else "zeroshot_top1"
     return TruthfulOptunaSearch(
         space=optuna_space(sweep),
+        points_to_evaluate=[default_point(sweep)] if s.include_default else None,
         metric=metric,
         mode="max",
         sampler=sampler,

@@ -103,6 +103,7 @@ TRAIN_ARTIFACT = "train.yaml"
 BEST_ARTIFACT = "best.yaml"
 BEST_PREFIX = "best_"
 PARAM_GLOBAL_BATCH = "global_batch_size"
+RESULT_CHECKPOINT = "checkpoint_path"  # what Ray Train's TuneReportCallback adds to results
 
 NAN_REASON = "nan loss"
 KILLED_REASON = "the sweep ended before this trial finished; `smotune sweep --resume` continues it"
@@ -598,7 +599,10 @@ class MlflowSweepCallback(Callback):
             query = f"tags.{TAG_TRIAL_ID} = '{trial.trial_id}'"
             found = _children(client, self._experiment_id, self._parent_id, query)
             run_id = found[0].info.run_id if found else None
+        logged_epoch = 0
         if run_id is not None:
+            history = client.get_metric_history(run_id, "epoch")
+            logged_epoch = max((m.step for m in history), default=0)
             client.update_run(run_id, status="RUNNING")
             if TAG_REASON in client.get_run(run_id).data.tags:
                 client.delete_tag(run_id, TAG_REASON)
@@ -620,7 +624,7 @@ class MlflowSweepCallback(Callback):
             "run_id": run_id,
             "params": dict(trial.config),
             "epochs": cfg.epochs,
-            "last_epoch": old.get("last_epoch", 0),
+            "last_epoch": max(old.get("last_epoch", 0), logged_epoch),
             "metrics": old.get("metrics", {}),
             "checkpoint": old.get("checkpoint", ""),
             "status": RUNNING,
@@ -640,11 +644,14 @@ class MlflowSweepCallback(Callback):
         client.set_terminated(rec["run_id"], status=_RUN_STATUS[status])
         rec.update(status=status, reason=reason, open=False)
 
-    def _checkpoint_tag(self, rec: dict[str, Any], trial: Any) -> None:
-        checkpoint = trial.checkpoint
-        if checkpoint is not None and checkpoint.path != rec["checkpoint"]:
-            self._attach().set_tag(rec["run_id"], TAG_CHECKPOINT, checkpoint.path)
-            rec["checkpoint"] = checkpoint.path
+    def _checkpoint_tag(self, rec: dict[str, Any], trial: Any, result: dict | None = None) -> None:
+        """The trial's latest checkpoint: Ray Train's (``checkpoint_path`` in results) or Tune's."""
+        path = (result or {}).get(RESULT_CHECKPOINT)
+        if path is None and trial.checkpoint is not None:
+            path = trial.checkpoint.path
+        if path and path != rec["checkpoint"]:
+            self._attach().set_tag(rec["run_id"], TAG_CHECKPOINT, path)
+            rec["checkpoint"] = path
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._start(trial)
@@ -657,13 +664,14 @@ class MlflowSweepCallback(Callback):
         metrics = _result_metrics(result)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        client.log_batch(
-            rec["run_id"], metrics=[Metric(k, v, now, step) for k, v in metrics.items()]
-        )
+        if "epoch" not in result or step > rec["last_epoch"]:  # a resumed run may re-report
+            client.log_batch(
+                rec["run_id"], metrics=[Metric(k, v, now, step) for k, v in metrics.items()]
+            )
         if "epoch" in result:
-            rec["last_epoch"] = step
+            rec["last_epoch"] = max(rec["last_epoch"], step)
         rec["metrics"].update(metrics)
-        self._checkpoint_tag(rec, trial)
+        self._checkpoint_tag(rec, trial, result)
         loss = metrics.get("train_loss")
         if loss is not None and math.isnan(loss) and rec["status"] != FAILED:
             client.log_batch(

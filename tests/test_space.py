@@ -79,3 +79,19 @@ def test_choice_values_are_checked_at_load():
     with pytest.raises(UserError, match="space.precision"):
         sweep = _sweep({"precision": {"choice": ["fp32", "int4"]}})
         space.check_space(sweep, "f.yaml")
+
+
+def test_default_point_is_the_train_configs_values():
+    sweep = _sweep(
+        {
+            "loss.label_smoothing": {"uniform": [0.0, 0.3]},
+            "optim.weight_decay": {"loguniform": [0.01, 1.0]},
+            "seed": {"fixed": 3},
+        }
+    )
+    assert space.default_point(sweep) == {"loss.label_smoothing": 0.0, "optim.weight_decay": 0.1}
+    sweep.search.include_default = True
+    space.check_space(sweep, "f.yaml")
+    sweep.space["optim.weight_decay"] = config.Distribution(loguniform=(0.2, 1.0))
+    with pytest.raises(UserError, match="include_default"):
+        space.check_space(sweep, "f.yaml")

