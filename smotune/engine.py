@@ -253,12 +253,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     scaler = torch.amp.GradScaler(runtime.device_type) if runtime.grad_scaler else None
 
-    start_epoch, step = 0, 0
+    start_epoch, step, skipped_before = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as path:
             last = _load_checkpoint(path, model, optimizer, scaler)
-        start_epoch, step = last["epoch"], last["step"]
+        start_epoch, step, skipped_before = last["epoch"], last["step"], last["data_skipped"]
         if start_epoch >= cfg.epochs:  # a finished run restarted: say again how it ended
             ray.train.report(last if rank == 0 else {"epoch": start_epoch})
             return
@@ -308,7 +308,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "train_loss": loss_sum / samples,
             "lr": lr_at(step - 1, cfg, total_steps),
             "samples_per_s": samples / elapsed,
-            "data_skipped": int(skipped_total),
+            "data_skipped": skipped_before + int(skipped_total),  # over the whole run
             "step": step,
         }
         with tempfile.TemporaryDirectory() as tmp:
