@@ -32,21 +32,20 @@ json are skipped and counted in a :class:`SkipCounter`; the first few are
 logged one by one and each epoch ends with a summary line. The counts include
 what loader workers met while prefetching past the epoch's last batch. A tar
 cut at a member boundary looks complete to ``tarfile`` and is read as a shorter
-shard. Local glob patterns in ``data.train`` are expanded (sorted).
+shard.
+
+The shard list, its checks and sample counts are :mod:`smotune.data.sources`;
+the counter is :mod:`smotune.data.skips`. ``SkipCounter``, ``samples_per_rank``,
+``shard_list`` and ``shard_url`` are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
 import logging
-import multiprocessing
-import os
 import random
-import shlex
-import tarfile
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -55,160 +54,26 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from smotune.config import TrainConfig, expand_shards, is_remote
+from smotune.config import TrainConfig
+from smotune.data.skips import SkipCounter, describe
+from smotune.data.sources import FIELD, check_urls, samples_per_rank, shard_list, shard_url
 from smotune.errors import UserError
+
+__all__ = [
+    "IMAGE_KEYS",
+    "ShardLoader",
+    "SkipCounter",
+    "make_loader",
+    "samples_per_rank",
+    "shard_list",
+    "shard_url",
+]
 
 log = logging.getLogger(__name__)
 
-FIELD = "data.train"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-WARN_FIRST = 5
-
-
-# ---------------------------------------------------------------- URLs
-
-
-def shard_url(url: str) -> str:
-    """The URL webdataset opens for a shard: object stores and HTTP(S) through a ``pipe:``."""
-    if url.startswith("s3://"):
-        return f"pipe:aws s3 cp {shlex.quote(url)} -"
-    if url.startswith(("gs://", "gcs://")):
-        return f"pipe:gsutil cat {shlex.quote('gs://' + url.split('://', 1)[1])}"
-    if url.startswith(("http://", "https://")):
-        return f"pipe:curl -s -L -f {shlex.quote(url)}"
-    return url
-
-
-def shard_list(spec: str | list[str]) -> list[str]:
-    """The shards of ``data.train``: braces and ``::`` expanded, local globs matched (sorted)."""
-    urls: list[str] = []
-    for url in expand_shards(spec):
-        local = _local_path(url)
-        matches = sorted(glob.glob(local)) if local and glob.has_magic(local) else []
-        urls.extend(matches or [url])
-    return urls
-
-
-def _local_path(url: str) -> str | None:
-    if url.startswith("file://"):
-        return url[len("file://") :]
-    return None if is_remote(url) else url
-
-
-def samples_per_rank(urls: list[str], world_size: int) -> list[int]:
-    """Samples (tar members grouped by key) in each rank's shards, read from the tar headers.
-
-    Only local shards are counted: counting remote ones would download them, so
-    remote shards need ``data.samples_per_epoch``. A damaged shard counts the
-    samples whose headers precede the damage.
-    """
-    remote = [u for u in urls if _local_path(u) is None]
-    if remote:
-        raise UserError(
-            "config",
-            "data.samples_per_epoch",
-            f"is needed with remote shards such as {remote[0]} (counting would download them)",
-            "set data.samples_per_epoch (samples per worker and epoch)",
-        )
-    counts = [0] * world_size
-    for i, url in enumerate(urls):
-        counts[i % world_size] += _count_samples(_local_path(url))
-    return counts
-
-
-def _count_samples(path: str) -> int:
-    keys: set[str] = set()
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _ = base_plus_ext(member.name)
-                if member.isreg() and key and not os.path.basename(key).startswith("__"):
-                    keys.add(key)
-    except (OSError, tarfile.TarError) as exc:
-        log.warning("counting samples of %s: %s", path, _describe(exc))
-    return len(keys)
-
-
-# ---------------------------------------------------------------- skip counting
-
-
-class SkipCounter:
-    """Bad data met while loading: ``count`` in total and ``reasons`` by kind.
-
-    The counts live in shared memory (a ``multiprocessing.Array``) that the
-    DataLoader hands to its worker processes when it starts them, so every
-    worker adds to the same numbers and the sums are exact; they are complete
-    once an epoch's iteration has ended (while it runs they may be a few
-    prefetched batches ahead of the consumer). Create the counter in the
-    process that iterates the loaders (it reaches loader workers only as they
-    start, so it cannot be pickled to e.g. a Ray task) and reuse it across
-    epochs for a running total. It also counts the shards read and the good
-    samples decoded, for the end-of-epoch checks.
-    """
-
-    REASONS = (
-        "unreadable_shard",
-        "bad_tar_member",
-        "no_image",
-        "bad_image",
-        "no_caption",
-        "bad_json",
-    )
-    _SHARDS = len(REASONS)
-    _SAMPLES = len(REASONS) + 1
-
-    def __init__(self) -> None:
-        self._counts = multiprocessing.Array("q", len(self.REASONS) + 2)
-        self._first_error = multiprocessing.Array("c", 512)
-
-    def add(self, reason: str, detail: str) -> None:
-        """Count one skipped item; log it if it is among the first ``WARN_FIRST``."""
-        index = self.REASONS.index(reason)
-        with self._counts.get_lock():
-            self._counts[index] += 1
-            total = sum(self._counts[: len(self.REASONS)])
-            if reason == "unreadable_shard" and not self._first_error.value:
-                self._first_error.value = detail.encode("utf-8", "replace")[:511]
-        if total <= WARN_FIRST:
-            more = "; further skips are summarised per epoch" if total == WARN_FIRST else ""
-            log.warning("skipped (%s) %s%s", reason, detail, more)
-
-    def shard_read(self) -> None:
-        self._bump(self._SHARDS)
-
-    def sample_read(self) -> None:
-        self._bump(self._SAMPLES)
-
-    def _bump(self, index: int) -> None:
-        with self._counts.get_lock():
-            self._counts[index] += 1
-
-    def snapshot(self) -> list[int]:
-        with self._counts.get_lock():
-            return list(self._counts)
-
-    @property
-    def count(self) -> int:
-        return sum(self.snapshot()[: len(self.REASONS)])
-
-    @property
-    def reasons(self) -> dict[str, int]:
-        counts = self.snapshot()
-        return {r: counts[i] for i, r in enumerate(self.REASONS) if counts[i]}
-
-    @property
-    def shards_read(self) -> int:
-        return self.snapshot()[self._SHARDS]
-
-    @property
-    def samples_read(self) -> int:
-        return self.snapshot()[self._SAMPLES]
-
-    @property
-    def first_shard_error(self) -> str:
-        return self._first_error.value.decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------- seeded streams
@@ -300,7 +165,7 @@ class _WorkerSamples(IterableDataset):
                 try:
                     yield from _read_tar(url)
                 except Exception as exc:
-                    self.skipped.add("unreadable_shard", f"{url}: {_describe(exc)}")
+                    self.skipped.add("unreadable_shard", f"{url}: {describe(exc)}")
                 else:
                     self.skipped.shard_read()
                 yield {}
@@ -318,7 +183,7 @@ class _WorkerSamples(IterableDataset):
             yield sample
 
     def _bad_member(self, exc: Exception) -> bool:
-        self.skipped.add("bad_tar_member", _describe(exc))
+        self.skipped.add("bad_tar_member", describe(exc))
         return True
 
     def _decode(
@@ -351,18 +216,12 @@ class _WorkerSamples(IterableDataset):
             with Image.open(io.BytesIO(sample[image_key])) as img:
                 rgb = img.convert("RGB")
         except Exception as exc:
-            return self._skip("bad_image", f"{where}.{image_key}: {_describe(exc)}")
+            return self._skip("bad_image", f"{where}.{image_key}: {describe(exc)}")
         return augment(self.preprocess, rgb), caption
 
     def _skip(self, reason: str, detail: str) -> None:
         self.skipped.add(reason, detail)
         return None
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, without the stream repr webdataset appends after `` @ ``."""
-    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    return f"{type(exc).__name__}: {message.split(' @ <')[0]}"
 
 
 def _read_tar(url: str) -> Iterator[dict[str, Any]]:
@@ -472,34 +331,6 @@ class ShardLoader(DataLoader):
         raise UserError("config", FIELD, problem, fix)
 
 
-def _check_urls(urls: list[str], world_size: int) -> None:
-    if not urls:
-        raise UserError("config", FIELD, "expands to no shards", "name one or more .tar shards")
-    unsupported = [u for u in urls if u.startswith(("azure://",))]
-    if unsupported:
-        raise UserError(
-            "config",
-            FIELD,
-            f"cannot read {unsupported[0]}",
-            "use s3://, gs://, http(s)://, hf://, a local path or a pipe: URL",
-        )
-    missing = [u for u in urls if (p := _local_path(u)) is not None and not os.path.isfile(p)]
-    if missing:
-        raise UserError(
-            "config",
-            FIELD,
-            f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}",
-            "correct the path (run `smotune data synth --out data/synth` for the demo data)",
-        )
-    if len(urls) < world_size:
-        raise UserError(
-            "config",
-            FIELD,
-            f"{len(urls)} shards for {world_size} ranks: some ranks would read nothing",
-            f"split the data into at least {world_size} shards or lower workers.num",
-        )
-
-
 def make_loader(
     cfg: TrainConfig,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -517,7 +348,7 @@ def make_loader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     urls = shard_list(cfg.data.train)
-    _check_urls(urls, world_size)
+    check_urls(urls, world_size)
     mine = urls[rank::world_size]
     workers = cfg.data.loader_workers
     if len(mine) < workers:

@@ -1,0 +1,93 @@
+"""Counting the bad data met while loading, exactly, across DataLoader worker processes."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+log = logging.getLogger(__name__)
+
+WARN_FIRST = 5
+
+
+class SkipCounter:
+    """Bad data met while loading: ``count`` in total and ``reasons`` by kind.
+
+    The counts live in shared memory (a ``multiprocessing.Array``) that the
+    DataLoader hands to its worker processes when it starts them, so every
+    worker adds to the same numbers and the sums are exact; they are complete
+    once an epoch's iteration has ended (while it runs they may be a few
+    prefetched batches ahead of the consumer). Create the counter in the
+    process that iterates the loaders (it reaches loader workers only as they
+    start, so it cannot be pickled to e.g. a Ray task) and reuse it across
+    epochs for a running total. It also counts the shards read and the good
+    samples decoded, for the end-of-epoch checks.
+    """
+
+    REASONS = (
+        "unreadable_shard",
+        "bad_tar_member",
+        "no_image",
+        "bad_image",
+        "no_caption",
+        "bad_json",
+    )
+    _SHARDS = len(REASONS)
+    _SAMPLES = len(REASONS) + 1
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", len(self.REASONS) + 2)
+        self._first_error = multiprocessing.Array("c", 512)
+
+    def add(self, reason: str, detail: str) -> None:
+        """Count one skipped item; log it if it is among the first ``WARN_FIRST``."""
+        index = self.REASONS.index(reason)
+        with self._counts.get_lock():
+            self._counts[index] += 1
+            total = sum(self._counts[: len(self.REASONS)])
+            if reason == "unreadable_shard" and not self._first_error.value:
+                self._first_error.value = detail.encode("utf-8", "replace")[:511]
+        if total <= WARN_FIRST:
+            more = "; further skips are summarised per epoch" if total == WARN_FIRST else ""
+            log.warning("skipped (%s) %s%s", reason, detail, more)
+
+    def shard_read(self) -> None:
+        self._bump(self._SHARDS)
+
+    def sample_read(self) -> None:
+        self._bump(self._SAMPLES)
+
+    def _bump(self, index: int) -> None:
+        with self._counts.get_lock():
+            self._counts[index] += 1
+
+    def snapshot(self) -> list[int]:
+        with self._counts.get_lock():
+            return list(self._counts)
+
+    @property
+    def count(self) -> int:
+        return sum(self.snapshot()[: len(self.REASONS)])
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        counts = self.snapshot()
+        return {r: counts[i] for i, r in enumerate(self.REASONS) if counts[i]}
+
+    @property
+    def shards_read(self) -> int:
+        return self.snapshot()[self._SHARDS]
+
+    @property
+    def samples_read(self) -> int:
+        return self.snapshot()[self._SAMPLES]
+
+    @property
+    def first_shard_error(self) -> str:
+        return self._first_error.value.decode("utf-8", "replace")
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, without the stream repr webdataset appends after `` @ ``."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return f"{type(exc).__name__}: {message.split(' @ <')[0]}"

@@ -1,0 +1,92 @@
+"""Every MLflow name, tag and artifact of smotune, and the Tune callback that writes them.
+
+Layout: one experiment per sweep; one parent run per sweep (tag ``kind=sweep``;
+params ``space.<path>``, ``search.*``, ``schedule.*``; artifact ``sweep.yaml``;
+at the end ``best_<metric>`` metrics, tags ``best_trial`` / ``best_run_id`` and
+artifact ``best.yaml``); one nested child run per Tune trial (run name = trial
+id; tags ``kind=trial``, ``trial_id``, ``status``, ``reason``, ``checkpoint``,
+``best``; params = the flattened train config with dotted names plus
+``global_batch_size``; per-epoch metrics with ``step=epoch``; artifact
+``train.yaml``).
+
+A trial's ``status`` tag ends as ``completed`` (ran all epochs, run FINISHED),
+``early_stopped`` (stopped before its last epoch, run FINISHED), ``failed``
+(an error or a NaN ``train_loss``, with ``reason``, run FAILED) or ``killed``
+(the sweep ended before the trial did, with ``reason``, run KILLED).
+
+Modules: ``names`` (the names), ``params`` (what a run logs), ``check`` (is a
+tracking URI usable), ``read`` (a sweep read back), ``callback`` (the Tune
+callback that writes it). Only this package imports ``mlflow``.
+"""
+
+from smotune.tracking.callback import MlflowSweepCallback
+from smotune.tracking.check import check_tracking, redact
+from smotune.tracking.names import (
+    BEST_ARTIFACT,
+    BEST_PREFIX,
+    COMPLETED,
+    EARLY_STOPPED,
+    FAILED,
+    KILLED,
+    KILLED_REASON,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    METRICS,
+    NAN_REASON,
+    PARAM_GLOBAL_BATCH,
+    RESULT_CHECKPOINT,
+    RUNNING,
+    SWEEP_ARTIFACT,
+    TAG_BEST,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_CHECKPOINT,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    TRAIN_ARTIFACT,
+    TUNE_KEYS,
+)
+from smotune.tracking.params import train_params, trial_train_config
+from smotune.tracking.read import TrialRecord, best_trial_run, sweep_summary
+
+__all__ = [
+    "BEST_ARTIFACT",
+    "BEST_PREFIX",
+    "COMPLETED",
+    "EARLY_STOPPED",
+    "FAILED",
+    "KILLED",
+    "KILLED_REASON",
+    "KIND_SWEEP",
+    "KIND_TRIAL",
+    "METRICS",
+    "NAN_REASON",
+    "PARAM_GLOBAL_BATCH",
+    "RESULT_CHECKPOINT",
+    "RUNNING",
+    "SWEEP_ARTIFACT",
+    "TAG_BEST",
+    "TAG_BEST_RUN_ID",
+    "TAG_BEST_TRIAL",
+    "TAG_CHECKPOINT",
+    "TAG_KIND",
+    "TAG_PARENT",
+    "TAG_REASON",
+    "TAG_STATUS",
+    "TAG_SWEEP",
+    "TAG_TRIAL_ID",
+    "TRAIN_ARTIFACT",
+    "TUNE_KEYS",
+    "MlflowSweepCallback",
+    "TrialRecord",
+    "best_trial_run",
+    "check_tracking",
+    "redact",
+    "sweep_summary",
+    "train_params",
+    "trial_train_config",
+]

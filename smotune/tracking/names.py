@@ -1,0 +1,62 @@
+"""Every MLflow name of smotune: metric keys, tags, kinds, statuses, artifacts and reasons."""
+
+from __future__ import annotations
+
+METRICS = (
+    "epoch",
+    "zeroshot_top1",
+    "zeroshot_top5",
+    "train_loss",
+    "lr",
+    "samples_per_s",
+    "data_skipped",
+)
+"""smotune's metric names; other numeric result keys are logged too unless Tune's own."""
+
+TUNE_KEYS = (
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "timesteps_total",
+    "timesteps_this_iter",
+    "timesteps_since_restore",
+    "episodes_total",
+    "episodes_this_iter",
+    "timestamp",
+    "pid",
+    "done",
+    "should_checkpoint",
+)
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_KIND = "kind"
+TAG_SWEEP = "sweep"
+TAG_TRIAL_ID = "trial_id"
+TAG_STATUS = "status"
+TAG_REASON = "reason"
+TAG_CHECKPOINT = "checkpoint"
+TAG_BEST = "best"
+TAG_BEST_TRIAL = "best_trial"
+TAG_BEST_RUN_ID = "best_run_id"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+
+RUNNING = "running"
+COMPLETED = "completed"
+EARLY_STOPPED = "early_stopped"
+FAILED = "failed"
+KILLED = "killed"
+RUN_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
+"""A trial's ``status`` tag -> the MLflow run status its child run ends with."""
+
+SWEEP_ARTIFACT = "sweep.yaml"
+TRAIN_ARTIFACT = "train.yaml"
+BEST_ARTIFACT = "best.yaml"
+BEST_PREFIX = "best_"
+PARAM_GLOBAL_BATCH = "global_batch_size"
+RESULT_CHECKPOINT = "checkpoint_path"  # what Ray Train's TuneReportCallback adds to results
+
+NAN_REASON = "nan loss"
+KILLED_REASON = "the sweep ended before this trial finished; `smotune sweep --resume` continues it"
