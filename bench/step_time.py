@@ -87,8 +87,9 @@ def main() -> None:
 
         bare_opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98))
         bare_loss = open_clip.ClipLoss()
-        bare = _time(lambda i, t: _bare_step(model, bare_loss, bare_opt, i, t), batches,
-                     args.warmup)
+        bare = _time(
+            lambda i, t: _bare_step(model, bare_loss, bare_opt, i, t), batches, args.warmup
+        )
 
         model, _, _ = fresh()
         opt = torch.optim.AdamW(engine.param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98))

@@ -87,15 +87,6 @@ def default_point(sweep: SweepConfig) -> dict[str, Any]:
 
 def check_space(sweep: SweepConfig, where: str) -> None:
     """Every path names a train-config field and every value the space can take is valid there."""
-    if sweep.search.include_default:
-        for path, value in default_point(sweep).items():
-            if not _contains(sweep.space[path], value):
-                raise UserError(
-                    where,
-                    f"space.{path}",
-                    f"search.include_default is on but train.{path} = {value!r} is outside it",
-                    f"widen the space or change train.{path}",
-                )
     for path, dist in sweep.space.items():
         field = f"space.{path}"
         if not is_train_field(path):
@@ -116,3 +107,12 @@ def check_space(sweep: SweepConfig, where: str) -> None:
                     f"value {value!r} is not valid for train.{path} ({err.problem})",
                     f"keep the {dist.kind} range inside what train.{path} accepts",
                 ) from None
+    if sweep.search.include_default:
+        for path, value in default_point(sweep).items():
+            if not _contains(sweep.space[path], value):
+                raise UserError(
+                    where,
+                    f"space.{path}",
+                    f"search.include_default is on but train.{path} = {value!r} is outside it",
+                    f"widen the space or change train.{path}",
+                )
