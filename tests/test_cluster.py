@@ -1,0 +1,281 @@
+"""cluster/: the KubeRay manifests, the cluster-launcher config and the runtime env carry
+what smotune relies on (trial_driver slots on the head, GPU workers the sweeps fit,
+`smotune sweep` as the entrypoint, smotune installed, storage, tracking and credentials
+passed through), checked by parsing them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlparse
+
+import ray
+import yaml
+
+from smotune import config
+from smotune.data import shards
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "cluster"
+SWEEP_FILES = ["smoclip-cc3m-vitb32", "smoclip-cc12m-rn50", "rocket-cc3m"]
+SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY")
+
+
+def _yaml(relative: str) -> dict:
+    return yaml.safe_load((CLUSTER / relative).read_text())
+
+
+def _sweeps() -> list[config.SweepConfig]:
+    return [
+        config.load_sweep(ROOT / "search_spaces" / f"{n}.yaml", check_paths=False)
+        for n in SWEEP_FILES
+    ]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _ray_containers(rc: dict) -> list[dict]:
+    """The Ray container (the first) of the head and of every worker group."""
+    groups = [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
+    return [g["template"]["spec"]["containers"][0] for g in groups]
+
+
+def _all_containers(rc: dict) -> list[dict]:
+    groups = [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` or ``--name value`` in a split command line."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return args[i + 1]
+    return None
+
+
+def _fits(sweep: config.SweepConfig, nodes: int, cpus: float, gpus: float) -> bool:
+    """``search.concurrent`` trials of ``workers.num`` workers fit ``nodes`` such nodes."""
+    w = sweep.train.workers
+    per_node = min(int(cpus // w.cpus) if w.cpus else 10**6, int(gpus // w.gpus))
+    return nodes * per_node >= sweep.search.concurrent * w.num
+
+
+def _no_literal_secrets(container: dict) -> None:
+    for name, entry in _env(container).items():
+        if SECRET_NAME.search(name):
+            assert "value" not in entry and "secretKeyRef" in entry["valueFrom"], name
+
+
+# ---------------------------------------------------------------- KubeRay
+
+
+def test_raycluster_head_declares_trial_drivers_and_has_no_gpus():
+    rc = _yaml("kuberay/raycluster.yaml")
+    assert (rc["apiVersion"], rc["kind"]) == ("ray.io/v1", "RayCluster")
+    assert rc["spec"]["rayVersion"] == ray.__version__
+    head = rc["spec"]["headGroupSpec"]
+    params = head["rayStartParams"]
+    # KubeRay passes rayStartParams.resources to `ray start --resources` as a quoted JSON string
+    resources = json.loads(json.loads(params["resources"]))
+    assert resources == {"trial_driver": max(s.search.concurrent for s in _sweeps())}
+    assert params["num-cpus"] == "0" and "num-gpus" not in params
+    for c in head["template"]["spec"]["containers"]:
+        assert "nvidia.com/gpu" not in c["resources"]["limits"], c["name"]
+
+
+def test_raycluster_gpu_workers_fit_every_sweep():
+    rc = _yaml("kuberay/raycluster.yaml")
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    gpus, cpus = int(limits["nvidia.com/gpu"]), float(limits["cpu"])
+    assert gpus > 0
+    trial_drivers = json.loads(
+        json.loads(rc["spec"]["headGroupSpec"]["rayStartParams"]["resources"])
+    )
+    for sweep in _sweeps():
+        assert _fits(sweep, group["replicas"], cpus, gpus), sweep.name
+        assert sweep.search.concurrent <= trial_drivers["trial_driver"], sweep.name
+
+
+def test_raycluster_auth_and_credentials_come_from_secrets():
+    rc = _yaml("kuberay/raycluster.yaml")
+    for c in _ray_containers(rc):
+        env = _env(c)
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    for c in _all_containers(rc):
+        _no_literal_secrets(c)
+    head_env = _env(_ray_containers(rc)[0])
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        ref = head_env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["optional"] is True, name
+
+
+def test_raycluster_mounts_what_the_sweeps_read_and_serves_their_tracking_uri():
+    rc = _yaml("kuberay/raycluster.yaml")
+    head_spec = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    ray_head, mlflow = head_spec["containers"]
+    # the sweep file's ConfigMap on the head, where the RayJob's entrypoint reads it
+    volumes = {v["name"]: v for v in head_spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in ray_head["volumeMounts"]}
+    assert "configMap" in volumes[mounts["/etc/smotune"]]
+    # the zero-shot set on every Ray container (rank 0 may be on any worker)
+    for c in _ray_containers(rc):
+        assert "/data" in {m["mountPath"] for m in c["volumeMounts"]}
+    for sweep in _sweeps():
+        assert sweep.train.data.zeroshot.startswith("/data/")
+    # the MLflow sidecar serves the sweeps' tracking.uri inside the head pod
+    args = mlflow["command"]
+    assert args[:2] == ["mlflow", "server"]
+    served = f"http://{_flag(args, '--host')}:{_flag(args, '--port')}"
+    assert {s.tracking.uri for s in _sweeps()} == {served}
+    assert _flag(args, "--backend-store-uri").startswith("sqlite:////mlflow/")
+    assert "/mlflow" in {m["mountPath"] for m in mlflow["volumeMounts"]}
+    assert _flag(args, "--artifacts-destination").startswith("s3://")
+
+
+def test_rayjob_runs_smotune_sweep_on_that_cluster():
+    rc = _yaml("kuberay/raycluster.yaml")
+    rj = _yaml("kuberay/rayjob.yaml")
+    assert (rj["apiVersion"], rj["kind"]) == ("ray.io/v1", "RayJob")
+    assert rj["spec"]["clusterSelector"] == {"ray.io/cluster": rc["metadata"]["name"]}
+    entry = shlex.split(rj["spec"]["entrypoint"])
+    assert entry[:2] == ["smotune", "sweep"] and len(entry) == 3
+    mount = next(
+        m["mountPath"]
+        for m in _ray_containers(rc)[0]["volumeMounts"]
+        if entry[2].startswith(m["mountPath"] + "/")
+    )
+    assert mount == "/etc/smotune"
+    runtime_env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])
+    assert runtime_env["env_vars"] == _yaml("runtime_env.yaml")["env_vars"]
+    ray.runtime_env.RuntimeEnv(**runtime_env)
+    (submitter,) = rj["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    env = _env(submitter)
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    _no_literal_secrets(submitter)
+    # one image everywhere: the one cluster/Dockerfile builds
+    images = {c["image"] for c in _all_containers(rc)} | {submitter["image"]}
+    assert len(images) == 1
+    tag = re.search(r"docker build .*-t (\S+) \.", (CLUSTER / "Dockerfile").read_text())
+    assert tag and images == {tag.group(1)}
+
+
+def test_dockerfile_installs_smotune_on_the_matching_ray_image():
+    lines = (CLUSTER / "Dockerfile").read_text().splitlines()
+    base = next(line.split()[1] for line in lines if line.startswith("FROM "))
+    assert base == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    copied = " ".join(line for line in lines if line.startswith("COPY "))
+    assert "pyproject.toml" in copied and re.search(r"\bsmotune /home/ray/smotune/smotune", copied)
+    run = next(shlex.split(line[4:]) for line in lines if line.startswith("RUN pip install"))
+    assert "/home/ray/smotune" in run
+    # webdataset reads s3:// shards through `aws s3 cp`: the aws CLI must be there
+    assert shards.shard_url("s3://b/x.tar").startswith("pipe:aws s3 cp") and "awscli" in run
+
+
+# ---------------------------------------------------------------- cluster launcher
+
+
+def test_launcher_config_passes_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(_yaml("aws-gpu.yaml"))))
+
+
+def test_launcher_head_starts_with_trial_drivers_and_token_auth():
+    cfg = _yaml("aws-gpu.yaml")
+    head_type = cfg["available_node_types"][cfg["head_node_type"]]
+    starts = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
+    assert len(starts) == 1
+    args = shlex.split(starts[0].split(";", 1)[1])
+    assert "RAY_AUTH_MODE=token" in args
+    resources = json.loads(_flag(args, "--resources"))
+    assert resources == {"trial_driver": max(s.search.concurrent for s in _sweeps())}
+    # the autoscaler's view of the head agrees with what ray start declares
+    assert head_type["resources"] == {"CPU": 0, **resources}
+    assert _flag(args, "--num-cpus") == "0"
+    (worker_start,) = [c for c in cfg["worker_start_ray_commands"] if "ray start" in c]
+    worker_args = shlex.split(worker_start.split(";", 1)[1])
+    assert "RAY_AUTH_MODE=token" in worker_args
+    assert _flag(worker_args, "--address") == "$RAY_HEAD_IP:6379"
+    # every node gets the client's token file; the client then needs only RAY_AUTH_MODE=token
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_launcher_gpu_workers_fit_every_sweep_and_install_smotune():
+    cfg = _yaml("aws-gpu.yaml")
+    workers = {k: v for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]}
+    (gpu,) = workers.values()
+    assert gpu["resources"]["GPU"] > 0 and gpu["min_workers"] == gpu["max_workers"]
+    for sweep in _sweeps():
+        assert _fits(sweep, gpu["min_workers"], gpu["resources"]["CPU"], gpu["resources"]["GPU"])
+    # this checkout goes to every node and is pip-installed there
+    assert cfg["file_mounts"]["~/smotune"] == "."
+    assert ".gitignore" in cfg["rsync_filter"]
+    assert any(
+        shlex.split(c)[:2] == ["pip", "install"] and "~/smotune" in c for c in cfg["setup_commands"]
+    )
+    assert cfg["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    # S3 (shards, storage.path) from the instance profile `ray up` creates, on workers too
+    assert gpu["node_config"]["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}
+
+
+def test_launcher_head_serves_the_sweeps_tracking_uri():
+    cfg = _yaml("aws-gpu.yaml")
+    (command,) = [c for c in cfg["head_start_ray_commands"] if "mlflow server" in c]
+    args = shlex.split(command[command.index("mlflow server") :])
+    served = f"http://{_flag(args, '--host')}:{_flag(args, '--port')}"
+    assert {s.tracking.uri for s in _sweeps()} == {served}
+    for sweep in _sweeps():
+        assert urlparse(sweep.storage.path).scheme == "s3"
+
+
+# ---------------------------------------------------------------- runtime env and README
+
+
+def test_runtime_env_is_what_ray_job_submit_accepts():
+    from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
+
+    path = CLUSTER / "runtime_env.yaml"
+    # exactly what `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml` builds
+    env = parse_runtime_env_args(runtime_env=str(path), working_dir=".")
+    ray.runtime_env.RuntimeEnv(**env)
+    assert set(env) == {"working_dir", "excludes", "env_vars"}
+    assert all(isinstance(v, str) for v in env["env_vars"].values())
+    assert not [k for k in env["env_vars"] if SECRET_NAME.search(k)]
+    assert env["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
+
+
+def test_readme_walks_through_submit_watch_stop_and_names_real_files():
+    text = (CLUSTER / "README.md").read_text()
+    for needle in (
+        "ray job submit --address",
+        "--working-dir .",
+        "--runtime-env cluster/runtime_env.yaml",
+        "-- smotune sweep search_spaces/",
+        "ray job logs -f",
+        "ray job stop",
+        "RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "storage.path",
+        "tracking.uri",
+        "file://",
+    ):
+        assert needle in text, needle
+    for name in set(re.findall(r"search_spaces/[\w.-]+\.yaml", text)):
+        assert (ROOT / name).is_file(), name
+    for name in set(re.findall(r"cluster/[\w./-]+\.(?:yaml|py)", text)):
+        assert (ROOT / name).is_file(), name
