@@ -164,7 +164,7 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
             run_config=tune.RunConfig(
                 name=sweep.name,
                 storage_path=trial.storage_uri(sweep.storage.path),
-                callbacks=[callback],
+                callbacks=[callback, trial.ReleaseOrphanedWorkers()],
                 verbose=1,
             ),
         )

@@ -12,9 +12,13 @@ runs the very same trainer without Tune. This module knows nothing of MLflow.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from smotune import engine
 from smotune.config import TrainConfig, absolute_paths
@@ -23,6 +27,8 @@ from smotune.space import apply
 
 TRIAL_DRIVER = "trial_driver"
 TRIAL_RESOURCES = {"cpu": 0, TRIAL_DRIVER: 1}
+
+log = logging.getLogger(__name__)
 
 
 def storage_uri(path: str) -> str:
@@ -130,3 +136,73 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], storage: str) -> None
     cfg = apply(TrainConfig.model_validate(base), config, where="trial")
     trial_id = tune.get_context().get_trial_id()
     build_trainer(cfg, storage, f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+
+
+class ReleaseOrphanedWorkers(Callback):
+    """Free the worker placement groups that a stopped trial's Train run left behind.
+
+    When ASHA stops a trial, Tune kills its driver and with it the Train
+    controller; Ray Train's own cleaner then removes the workers' placement
+    group, but not always (seen here: a stopped trial's 2-CPU group stayed
+    CREATED with no actor in it, and the next trial's workers waited for
+    CPUs forever). This driver-side callback removes such groups: created
+    by this job, asking no ``trial_driver``, holding no live or starting
+    actor, seen so on two checks at least ``grace_s`` apart.
+    """
+
+    def __init__(self, grace_s: float = 10.0):
+        self.grace_s = grace_s
+        self._suspects: dict[str, float] = {}
+        self._last = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"grace_s": self.grace_s, "_suspects": {}, "_last": 0.0}
+
+    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last >= self.grace_s:
+            self.release()
+
+    def release(self) -> list[str]:
+        """One check; returns the ids of the groups removed now."""
+        import ray
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+        from ray.util.state import list_actors, list_placement_groups
+
+        self._last = now = time.monotonic()
+        context = ray.get_runtime_context()
+        job, address = context.get_job_id(), context.gcs_address
+        try:
+            groups = list_placement_groups(
+                address=address,
+                filters=[("state", "=", "CREATED")],
+                detail=True,
+                raise_on_missing_output=False,
+            )
+            actors = list_actors(
+                address=address,
+                filters=[("state", "!=", "DEAD")],
+                detail=True,
+                raise_on_missing_output=False,
+            )
+        except Exception as err:  # the State API needs the dashboard; without it, do nothing
+            log.debug("cannot list placement groups: %s", err)
+            return []
+        in_use = {a.placement_group_id for a in actors if a.placement_group_id}
+        suspects = {
+            g.placement_group_id
+            for g in groups
+            if g.creator_job_id == job
+            and g.placement_group_id not in in_use
+            and not any(TRIAL_DRIVER in b.get("unit_resources", {}) for b in g.bundles)
+        }
+        removed = []
+        for pg_id in suspects:
+            first_seen = self._suspects.setdefault(pg_id, now)
+            if now - first_seen >= self.grace_s:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+                log.warning("freed placement group %s left behind by a stopped trial", pg_id)
+                removed.append(pg_id)
+        self._suspects = {k: v for k, v in self._suspects.items() if k in suspects}
+        for pg_id in removed:
+            self._suspects.pop(pg_id, None)
+        return removed

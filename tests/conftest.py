@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,20 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synth.generate(out, train_samples=3072, shards=4, eval_per_class=8, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite database, made once: MLflow's migrations of a new one take seconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(migrated_db, tmp_path) -> str:
+    """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
+    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -59,21 +58,6 @@ def log_sweep(uri: str, name: str, trials: list[tuple[str, float, float, int]]) 
         callback.on_trial_complete(0, done, trial)
     callback.on_experiment_end(done)
     return sweep
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite database, made once: MLflow's migrations of a new one take seconds."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
-    return path
-
-
-@pytest.fixture
-def sqlite_uri(migrated_db, tmp_path) -> str:
-    """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
-    shutil.copy(migrated_db, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 @pytest.fixture(scope="module")

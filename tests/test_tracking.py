@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,21 +48,6 @@ tracking: {{uri: "{uri}"}}
 def make_sweep(uri: str, name: str = "tsweep") -> tuple[SweepConfig, str]:
     text = SWEEP_YAML.format(name=name, uri=uri)
     return SweepConfig.model_validate(yaml.safe_load(text)), text
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite database, made once: MLflow's migrations of a new one take seconds."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
-    return path
-
-
-@pytest.fixture
-def sqlite_uri(migrated_db, tmp_path) -> str:
-    """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
-    shutil.copy(migrated_db, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def free_port() -> int:
