@@ -158,7 +158,7 @@ class ReleaseOrphanedWorkers(Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {"grace_s": self.grace_s, "_suspects": {}, "_last": 0.0}
 
-    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last >= self.grace_s:
             self.release()
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import ray
+from ray.tune import Callback
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -37,6 +38,7 @@ def test_orphaned_worker_groups_are_freed_and_used_ones_kept(ray_cluster):
     assert ray.get(worker.ping.remote()) == "pong"
 
     release = trial.ReleaseOrphanedWorkers(grace_s=1.0)
+    assert type(release).on_step_end is not Callback.on_step_end  # Tune calls it every step
     assert release.release() == []  # first sighting: only suspected
     time.sleep(1.2)
     assert release.release() == [orphan.id.hex()]
