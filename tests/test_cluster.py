@@ -1,25 +1,48 @@
 """cluster/: the KubeRay manifests, the cluster-launcher config and the runtime env carry
 what smotune relies on (trial_driver slots on the head, GPU workers the sweeps fit,
 `smotune sweep` as the entrypoint, smotune installed, storage, tracking and credentials
-passed through), checked by parsing them."""
+passed through), checked by parsing them. Then the same path on real Ray processes on
+this machine: a head started with `ray start --head` in a subprocess, a sweep sent with
+the real `ray job submit` client and working dir, token auth on, storage at a file://
+URI; and a three-node cluster (ray.cluster_utils.Cluster, in a subprocess) on which one
+`smotune train` run's two DDP workers land on different nodes.
+
+These Ray clusters never touch the session's in-process Ray (conftest's `ray_cluster`):
+their own ports, temp dir, token and process session, stopped by process id (not with
+`ray stop`, which stops every Ray process on the machine).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import secrets
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import mlflow
+import pytest
 import ray
 import yaml
 
 from smotune import config
-from smotune.data import shards
+from smotune.data import shards, synth
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
+VENV_BIN = Path(sys.executable).parent
 SWEEP_FILES = ["smoclip-cc3m-vitb32", "smoclip-cc12m-rn50", "rocket-cc3m"]
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY")
 
@@ -279,3 +302,299 @@ def test_readme_walks_through_submit_watch_stop_and_names_real_files():
         assert (ROOT / name).is_file(), name
     for name in set(re.findall(r"cluster/[\w./-]+\.(?:yaml|py)", text)):
         assert (ROOT / name).is_file(), name
+
+
+# ---------------------------------------------------------------- real Ray processes
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _free_port_range(size: int = 100) -> tuple[int, int]:
+    """``size`` consecutive free ports (for a node's worker processes)."""
+    for start in range(30000 + secrets.randbelow(200) * 100, 60000, 100):
+        socks = []
+        try:
+            for port in range(start, start + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("", port))
+            return start, start + size - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port range")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray's settings, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def _stop_session(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """Stop a process started with start_new_session=True and everything in its session."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _session_pids(proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                continue
+        deadline = time.time() + 10
+        while pids and time.time() < deadline:
+            time.sleep(0.2)
+            pids = _session_pids(proc.pid)
+        if not pids:
+            return
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without a token): the server is up
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout:.0f} s\n{log.read_text()[-3000:]}")
+
+
+def _job_sweep(work: Path, tmp: Path, name: str) -> Path:
+    """A demo-sized sweep (2 trials, 2 epochs) whose data sit in the job's working dir."""
+    synth.generate(work / "data" / "synth", train_samples=512, shards=4, eval_per_class=2)
+    data = {
+        "name": name,
+        "train": {
+            "model": {"arch": "tiny-vit"},
+            "data": {
+                "train": "data/synth/train-{0000..0003}.tar",
+                "zeroshot": "data/synth/zeroshot",
+                "samples_per_epoch": 128,
+                "loader_workers": 0,
+            },
+            "optim": {"lr": 1e-3, "warmup_steps": 2, "batch_size": 64},
+            "epochs": 2,
+            "workers": {"num": 2, "cpus": 1},
+        },
+        "space": {"loss.label_smoothing": {"uniform": [0.0, 0.3]}},
+        "search": {"algo": "random", "samples": 2, "concurrent": 1, "seed": 0},
+        "schedule": {"asha": {"metric": "zeroshot_top1", "grace": 1, "reduction": 2}},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": name},
+        "storage": {"path": f"file://{tmp}/runs"},
+    }
+    path = work / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.ray
+def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
+    name = "jobsweep"
+    work = tmp_path / "work"
+    work.mkdir()
+    _job_sweep(work, tmp_path, name)
+    token, canary = secrets.token_hex(32), secrets.token_hex(16)
+    ports = dict(
+        zip(
+            [
+                "port",
+                "dashboard-port",
+                "ray-client-server-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "node-manager-port",
+                "object-manager-port",
+            ],
+            _free_ports(9),
+            strict=True,
+        )
+    )
+    low, high = _free_port_range()
+    temp_dir = tempfile.mkdtemp(prefix="smo-ray-", dir="/tmp")  # short: socket paths
+    head_cmd = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        *(f"--{flag}={port}" for flag, port in ports.items()),
+        f"--min-worker-port={low}",
+        f"--max-worker-port={high}",
+        "--num-cpus=2",
+        '--resources={"trial_driver": 1}',
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    # The head's environment is the job's: the venv's smotune on PATH, the token for the
+    # driver's ray.init, and an MLflow credential that must never reach MLflow. RAY_ADDRESS
+    # lets Ray Train's PlacementGroupCleaner (an actor that calls the State API without an
+    # address) find this cluster while other Ray instances run on the machine; without it
+    # it dies with "Found multiple active Ray instances", the finished trial's placement
+    # group is never removed and the next trial waits for CPUs forever.
+    head_env = _clean_env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_ADDRESS=f"127.0.0.1:{ports['port']}",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        MLFLOW_TRACKING_TOKEN=canary,
+    )
+    client_env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    ray_bin = str(VENV_BIN / "ray")
+    head_log = tmp_path / "head.log"
+    started, passed = time.perf_counter(), False
+    with head_log.open("w") as log:
+        head = subprocess.Popen(
+            head_cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_http(f"{address}/api/version", head, head_log)
+        up = time.perf_counter()
+
+        # without the cluster's token the job API refuses
+        refused = subprocess.run(
+            [ray_bin, "job", "list", "--address", address],
+            env=_clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0
+        assert re.search(r"[Aa]uthentication|401|[Uu]nauthorized", refused.stdout + refused.stderr)
+
+        submission = f"smotune-{secrets.token_hex(4)}"
+        submit = subprocess.run(
+            [
+                ray_bin,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--submission-id",
+                submission,
+                "--working-dir",
+                str(work),
+                "--runtime-env",
+                str(CLUSTER / "runtime_env.yaml"),
+                "--",
+                "smotune",
+                "sweep",
+                "sweep.yaml",
+            ],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        done = time.perf_counter()
+        out = submit.stdout + submit.stderr
+        assert submit.returncode == 0, out[-5000:] + head_log.read_text()[-2000:]
+        status = subprocess.run(
+            [ray_bin, "job", "status", "--address", address, submission],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert re.search(rf"Job '{submission}' succeeded", status.stdout + status.stderr)
+        logs = subprocess.run(
+            [ray_bin, "job", "logs", "--address", address, submission],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "zeroshot_top1" in logs and "best.yaml" in logs
+        assert token not in out + logs and canary not in out + logs
+        passed = True
+    finally:
+        _stop_session(head)
+        if not passed:  # keep Ray's logs of a failed run next to the test's files
+            shutil.copytree(
+                Path(temp_dir) / "session_latest" / "logs",
+                tmp_path / "ray-logs",
+                symlinks=True,
+                dirs_exist_ok=True,
+            )
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    print(
+        f"\nray start --head: {up - started:.1f} s; ray job submit (2 trials): "
+        f"{done - up:.1f} s; stop: {time.perf_counter() - done:.1f} s"
+    )
+
+    # the sweep's runs in MLflow: one parent, a nested child per trial, no secret logged
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.data.tags["status"] in ("completed", "early_stopped")
+    for r in runs:
+        logged = json.dumps([r.data.params, r.data.tags])
+        assert canary not in logged and token not in logged
+
+    # storage at a file:// URI: Tune's experiment and each trial's checkpoints are there
+    experiment = f"file://{tmp_path}/runs/{name}"
+    from ray import tune
+
+    assert tune.Tuner.can_restore(experiment)
+    trials = (tmp_path / "runs" / name / "train").glob("train-*/checkpoint_*")
+    checkpoints = [c for c in trials if c.is_dir()]
+    assert len(checkpoints) == 2 and all((c / "model.pt").is_file() for c in checkpoints)
+    for child in children:
+        tagged = child.data.tags["checkpoint"]
+        assert Path(urlparse(tagged).path if "://" in tagged else tagged).is_dir(), tagged
+    # and smotune sees that sweep there: a second start is refused, pointing at --resume
+    again = subprocess.run(
+        [str(VENV_BIN / "smotune"), "sweep", "sweep.yaml"],
+        cwd=work,
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "--resume" in again.stderr, again.stderr
