@@ -184,11 +184,7 @@ def _where_to_look(sweep: SweepConfig) -> str:
     except UserError as err:
         best = f"no best.yaml: {err}"
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    return (
-        f"{best}\n"
-        f"compare the trials: {ui}  (experiment {sweep.experiment!r})\n"
-        f"run the best at full scale: smotune train best.yaml [--epochs N --workers N]"
-    )
+    return f"{best}\ncompare the trials: {ui}  (experiment {sweep.experiment!r})"
 
 
 def format_summary(rows: list[dict[str, Any]], sweep: SweepConfig) -> str:
