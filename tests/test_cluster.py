@@ -598,3 +598,70 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         timeout=120,
     )
     assert again.returncode == 2 and "--resume" in again.stderr, again.stderr
+
+
+@pytest.mark.ray
+def test_one_runs_two_workers_train_with_ddp_on_two_nodes(tmp_path):
+    """ray.cluster_utils.Cluster: a head (trial_driver, 0 CPU) and two 1-CPU worker nodes."""
+    synth_data = tmp_path / "data"
+    synth.generate(synth_data, train_samples=512, shards=4, eval_per_class=2)
+    train = tmp_path / "train.yaml"
+    train.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"arch": "tiny-vit"},
+                "data": {
+                    "train": str(synth_data / "train-{0000..0003}.tar"),
+                    "zeroshot": str(synth_data / "zeroshot"),
+                    "samples_per_epoch": 128,
+                    "loader_workers": 0,
+                },
+                "optim": {"lr": 1e-3, "warmup_steps": 2, "batch_size": 64},
+                "epochs": 1,
+                "workers": {"num": 2, "cpus": 1},
+            }
+        )
+    )
+    temp_dir = tempfile.mkdtemp(prefix="smo-ray-", dir="/tmp")
+    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "multinode_train.py"),
+            str(train),
+            f"file://{tmp_path}/runs",
+            temp_dir,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        _stop_session(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    nodes = [w["node_id"] for w in report["train_workers"]]
+    print(
+        f"\nthree-node cluster + one 2-worker train run: {time.perf_counter() - started:.1f} s; "
+        f"Train workers on nodes {', '.join(n[:8] for n in nodes)} "
+        f"(head {report['head'][:8]})"
+    )
+
+    # the two DDP workers ran on the two worker nodes, one each, none on the head
+    assert len(nodes) == 2 and set(nodes) == set(report["worker_nodes"])
+    # one Train worker group of two ranks, the model wrapped in DistributedDataParallel
+    # (Ray Train numbers nodes by IP address: on one machine both ranks show node_rank=0)
+    assert "Started training worker group of size 2" in err and "world_rank=1" in err
+    assert "Wrapping provided model in DistributedDataParallel" in err
+    # and the run trained through DDP's collectives to a reported epoch and checkpoint
+    final = report["final"]
+    assert final["epoch"] == 1 and final["step"] == 2
+    assert 0 < final["train_loss"] < 20
+    assert (Path(final["checkpoint"]) / "model.pt").is_file()
+    assert Path(final["checkpoint"]).is_relative_to(tmp_path / "runs" / "multinode")

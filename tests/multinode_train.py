@@ -1,0 +1,97 @@
+"""One `smotune train` run on a three-node Ray cluster on this machine, for test_cluster.py.
+
+    python tests/multinode_train.py TRAIN_YAML STORAGE TEMP_DIR
+
+The head holds the trial_driver slot and no CPU; two worker nodes have one CPU each, so
+the run's two workers (1 CPU each) can only run on different nodes. Every node gets its
+own ports, and the cluster its own temp dir, so this runs next to other Ray instances.
+It runs in a process of its own because a driver can join only one cluster. Prints one
+JSON line: the run's final metrics, the node of each Ray Train worker and the node ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_ports() -> dict[str, int]:
+    names = [
+        "dashboard_agent_listen_port",
+        "metrics_agent_port",
+        "metrics_export_port",
+        "runtime_env_agent_port",
+    ]
+    return dict(zip(names, _free_ports(len(names)), strict=True))
+
+
+def main(train_yaml: str, storage: str, temp_dir: str) -> None:
+    gcs_port, dashboard_port = _free_ports(2)
+    # Ray Train's PlacementGroupCleaner asks the State API without an address; with more
+    # than one Ray instance on the machine only RAY_ADDRESS tells it which one is ours.
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from smotune import config, trial
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "resources": {trial.TRIAL_DRIVER: 1},
+            "temp_dir": temp_dir,
+            "gcs_server_port": gcs_port,
+            "include_dashboard": True,
+            "dashboard_port": dashboard_port,
+            **_node_ports(),
+        },
+    )
+    try:
+        workers = [
+            cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports()) for _ in range(2)
+        ]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        cfg = config.load_train(train_yaml)
+        final = trial.run_train(cfg, storage=storage, name="multinode")
+        actors = list_actors(
+            address=cluster.address,
+            filters=[("class_name", "=", "RayTrainWorker")],
+            detail=True,
+            raise_on_missing_output=False,
+        )
+        print(
+            json.dumps(
+                {
+                    "final": {k: v for k, v in final.items() if isinstance(v, int | float | str)},
+                    "train_workers": [{"node_id": a.node_id, "pid": a.pid} for a in actors],
+                    "head": cluster.head_node.node_id,
+                    "worker_nodes": [w.node_id for w in workers],
+                }
+            ),
+            flush=True,
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
