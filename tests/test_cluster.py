@@ -548,13 +548,9 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         passed = True
     finally:
         _stop_session(head)
-        if not passed:  # keep Ray's logs of a failed run next to the test's files
-            shutil.copytree(
-                Path(temp_dir) / "session_latest" / "logs",
-                tmp_path / "ray-logs",
-                symlinks=True,
-                dirs_exist_ok=True,
-            )
+        ray_logs = Path(temp_dir) / "session_latest" / "logs"
+        if not passed and ray_logs.is_dir():  # keep Ray's logs of a failed run
+            shutil.copytree(ray_logs, tmp_path / "ray-logs", symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
     print(
         f"\nray start --head: {up - started:.1f} s; ray job submit (2 trials): "
