@@ -16,6 +16,7 @@ Where smotune is stricter than Ray's defaults (DESIGN.md, "Sweep semantics"):
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,15 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
     """Run (or resume) a sweep; print the summary table; return its rows."""
     from ray import tune
 
+    storage = sweep.storage.path
+    if os.environ.get("RAY_ADDRESS") and "://" not in storage and not os.path.isabs(storage):
+        raise UserError(
+            str(sweep_file),
+            "storage.path",
+            f"relative path {storage!r} with RAY_ADDRESS set: on a cluster it lands in the "
+            "job's temporary working dir",
+            "use a URI (s3://, gs://, file:///shared/...) or an absolute path every node reaches",
+        )
     tracking.check_tracking(sweep.tracking.uri, experiment=sweep.experiment)
     if not optuna_space(sweep):
         raise UserError(str(sweep_file), "space", "has nothing to search", "add a distribution")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,31 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def start_local_ray(**init_kwargs: Any) -> None:
+    """``ray.init`` a new local cluster whose own processes know its address.
+
+    Ray Train's placement-group cleaner (a detached actor) looks the cluster
+    up without an address; with another Ray running on the same machine it
+    fails ("Found multiple active Ray instances") and leaves a stopped
+    trial's worker group holding its CPUs. Fixing the GCS port and handing
+    ``RAY_ADDRESS`` to every worker of this job avoids that.
+    """
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            address="local",
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
+            **init_kwargs,
+        )
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+
+
 def connect(trial_drivers: int = 1) -> dict[str, float]:
     """Join the Ray cluster at RAY_ADDRESS, or start a local one with ``trial_driver`` slots.
 
@@ -48,7 +74,7 @@ def connect(trial_drivers: int = 1) -> dict[str, float]:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=True)
         else:
-            ray.init(resources={TRIAL_DRIVER: trial_drivers}, log_to_driver=True)
+            start_local_ray(resources={TRIAL_DRIVER: trial_drivers}, log_to_driver=True)
     resources = ray.cluster_resources()
     if resources.get(TRIAL_DRIVER, 0) < 1:
         raise UserError(

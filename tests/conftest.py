@@ -16,9 +16,11 @@ def ray_cluster():
     """A real local Ray (2 CPUs, a `trial_driver` resource for trial drivers) for all tests."""
     import ray
 
+    from smotune.trial import start_local_ray
+
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
-        ray.init(
+        start_local_ray(
             num_cpus=2,
             resources={"trial_driver": 2},
             include_dashboard=True,

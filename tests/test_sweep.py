@@ -157,6 +157,7 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
         time.sleep(1)
     else:
         raise AssertionError("the sweep did not get to its second trial")
+    time.sleep(12)  # Tune saves its experiment state at most every 10 s ("auto" period)
     first.send_signal(signal.SIGKILL)
     first.wait()
 

@@ -62,3 +62,20 @@ def test_workers_must_fit_the_cluster():
 def test_storage_uri():
     assert trial.storage_uri("s3://bucket/runs") == "s3://bucket/runs"
     assert trial.storage_uri("runs").startswith("/")
+
+
+def test_relative_storage_on_a_cluster_is_refused(tmp_path, monkeypatch):
+    from smotune import sweep
+    from smotune.config import SweepConfig
+
+    cfg = SweepConfig.model_validate(
+        {
+            "name": "s",
+            "train": {"data": {"train": "s3://b/x-{0..3}.tar", "zeroshot": "s3://b/zs"}},
+            "space": {"loss.label_smoothing": {"uniform": [0.0, 0.2]}},
+            "storage": {"path": "runs"},
+        }
+    )
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(UserError, match="storage.path"):
+        sweep.run_sweep(cfg, tmp_path / "s.yaml")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -216,6 +217,9 @@ class MlflowSweepCallback(Callback):
         path = (result or {}).get(RESULT_CHECKPOINT)
         if path is None and trial.checkpoint is not None:
             path = trial.checkpoint.path
+        scheme = urlparse(self.sweep.storage.path).scheme
+        if path and "://" not in path and scheme not in ("", "file"):
+            path = f"{scheme}://{path}"  # Ray strips the scheme of remote storage paths
         if path and path != rec["checkpoint"]:
             self._attach().set_tag(rec["run_id"], TAG_CHECKPOINT, path)
             rec["checkpoint"] = path
