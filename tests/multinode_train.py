@@ -17,7 +17,8 @@ import socket
 import sys
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports (also used by test_cluster.py)."""
     socks = []
     for _ in range(count):
         s = socket.socket()
@@ -36,11 +37,11 @@ def _node_ports() -> dict[str, int]:
         "metrics_export_port",
         "runtime_env_agent_port",
     ]
-    return dict(zip(names, _free_ports(len(names)), strict=True))
+    return dict(zip(names, free_ports(len(names)), strict=True))
 
 
 def main(train_yaml: str, storage: str, temp_dir: str) -> None:
-    gcs_port, dashboard_port = _free_ports(2)
+    gcs_port, dashboard_port = free_ports(2)
     # Ray Train's PlacementGroupCleaner asks the State API without an address; with more
     # than one Ray instance on the machine only RAY_ADDRESS tells it which one is ours.
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"

@@ -36,6 +36,7 @@ import mlflow
 import pytest
 import ray
 import yaml
+from multinode_train import free_ports
 
 from smotune import config
 from smotune.data import shards, synth
@@ -307,18 +308,6 @@ def test_readme_walks_through_submit_watch_stop_and_names_real_files():
 # ---------------------------------------------------------------- real Ray processes
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _free_port_range(size: int = 100) -> tuple[int, int]:
     """``size`` consecutive free ports (for a node's worker processes)."""
     for start in range(30000 + secrets.randbelow(200) * 100, 60000, 100):
@@ -443,7 +432,7 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
                 "node-manager-port",
                 "object-manager-port",
             ],
-            _free_ports(9),
+            free_ports(9),
             strict=True,
         )
     )
