@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from smotune import tracking, trial
 from smotune.config import SweepConfig, absolute_paths
 from smotune.errors import UserError
-from smotune.space import default_point, fixed_values, optuna_space
+from smotune.space import apply, default_point, fixed_values, optuna_space
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -85,8 +87,6 @@ def make_searcher(sweep: SweepConfig) -> TruthfulOptunaSearch:
 
 
 def make_scheduler(sweep: SweepConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     asha = sweep.schedule.asha
     if asha is None:
         return FIFOScheduler()
@@ -106,13 +106,7 @@ def experiment_path(sweep: SweepConfig) -> str:
 
 
 def _trainable(sweep: SweepConfig):
-    from ray import tune
-
-    base = absolute_paths(sweep.train)
-    if sweep.space and fixed_values(sweep):
-        from smotune.space import apply
-
-        base = apply(base, fixed_values(sweep), where="space")
+    base = apply(absolute_paths(sweep.train), fixed_values(sweep), where="space")
     fn = tune.with_parameters(
         trial.trial_fn,
         base=base.model_dump(mode="json"),
@@ -123,8 +117,6 @@ def _trainable(sweep: SweepConfig):
 
 def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> list[dict]:
     """Run (or resume) a sweep; print the summary table; return its rows."""
-    from ray import tune
-
     storage = sweep.storage.path
     if os.environ.get("RAY_ADDRESS") and "://" not in storage and not os.path.isabs(storage):
         raise UserError(
