@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from smotune import loss as loss_mod
 from smotune import model as model_mod
-from smotune.config import TrainConfig, expand_shards
+from smotune.config import TrainConfig
 from smotune.data import shards, zeroshot
 from smotune.errors import UserError
 from smotune.evaluate import zero_shot
@@ -124,7 +124,7 @@ def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
     if cfg.data.samples_per_epoch:
         per_rank = [cfg.data.samples_per_epoch]
     else:
-        per_rank = shards.samples_per_rank(expand_shards(cfg.data.train), world_size)
+        per_rank = shards.samples_per_rank(shards.shard_list(cfg.data.train), world_size)
     steps = min(per_rank) // batch
     if steps < 1:
         raise UserError(

@@ -91,3 +91,16 @@ def test_one_step_on_cpu_lowers_the_loss(precision):
     ]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_steps_per_epoch_reads_the_shards_the_loader_reads(tmp_path):
+    """A glob in data.train is counted like the loader expands it (not as a literal path)."""
+    from smotune.data import synth
+
+    synth.generate(tmp_path, train_samples=300, shards=3, eval_per_class=1, seed=0)
+    for spec in (f"{tmp_path}/train-{{0000..0002}}.tar", f"{tmp_path}/train-*.tar"):
+        cfg = TrainConfig(
+            data={"train": spec, "zeroshot": str(tmp_path / "zeroshot")}, optim={"batch_size": 16}
+        )
+        # rank 0 reads shards 0 and 2 (200 samples), rank 1 shard 1 (100): the smaller rules
+        assert engine.steps_per_epoch(cfg, world_size=2) == 100 // 16
