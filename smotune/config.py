@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smotune.errors import UserError
 
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # smotune's own open_clip archs
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # also MLflow 3's own default
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "http://", "https://", "pipe:", "hf://", "azure://")
 
 
@@ -157,7 +159,7 @@ class ScheduleConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
 
 

@@ -17,18 +17,22 @@ from typing import Any
 import yaml
 
 from smotune import tracking
-from smotune.config import TrainConfig, dump_train, is_remote, validate_train
+from smotune.config import (
+    DEFAULT_TRACKING_URI,
+    MODEL_CONFIG_DIR,
+    TrainConfig,
+    dump_train,
+    is_remote,
+    validate_train,
+)
 from smotune.errors import UserError
 from smotune.space import apply
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FORMATS = ("yaml", "cmd", "open_clip_train")
 SHOWN_METRICS = ("zeroshot_top1", "zeroshot_top5", "train_loss", "epoch")
 
 OPEN_CLIP_PRECISION = {"auto": "amp_bf16", "bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}
 """Our precision -> open_clip_train's ``--precision`` (``auto`` is bf16 autocast on a GPU)."""
-
-_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 
 
 def _tracking_uri(tracking_uri: str | None) -> tuple[str, str]:
@@ -144,7 +148,7 @@ def open_clip_train_command(cfg: TrainConfig) -> str:
         lines.append(
             "# add --train-num-samples N (pairs per epoch) unless the shards have sizes.json"
         )
-    if (_MODEL_CONFIGS / f"{cfg.model.arch}.json").is_file():
+    if (MODEL_CONFIG_DIR / f"{cfg.model.arch}.json").is_file():
         lines.append(
             f"# --model {cfg.model.arch} is smotune's: copy smotune/model_configs/"
             f"{cfg.model.arch}.json into open_clip's model_configs first"

@@ -24,11 +24,10 @@ import open_clip
 import torch
 from torch import nn
 
-from smotune.config import ModelConfig
+from smotune.config import MODEL_CONFIG_DIR, ModelConfig
 from smotune.errors import UserError
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(CONFIG_DIR)
+open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def text_blocks(model: nn.Module) -> list[nn.Module]:
