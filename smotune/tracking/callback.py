@@ -53,7 +53,7 @@ from smotune.tracking.names import (
     TRAIN_ARTIFACT,
 )
 from smotune.tracking.params import result_metrics, sweep_params, train_params, trial_train_config
-from smotune.tracking.read import artifact_text, best_run, children, row
+from smotune.tracking.read import artifact_text, best_run, children
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +307,3 @@ class MlflowSweepCallback(Callback):
         train_yaml = artifact_text(client, best_id, TRAIN_ARTIFACT)
         client.log_text(self._parent_id, train_yaml, BEST_ARTIFACT)
         client.set_tag(best_id, TAG_BEST, "true")
-
-    def summary(self) -> list[dict[str, Any]]:
-        """One row per trial seen by this callback, in the shape of :func:`sweep_summary`."""
-        return [
-            row(tid, r["run_id"], r["params"], r["metrics"], r["status"], r["reason"])
-            for tid, r in self._trials.items()
-        ]

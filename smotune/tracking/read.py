@@ -136,26 +136,6 @@ def best_trial_run(uri: str, experiment: str) -> TrialRecord:
     return _record(client, best)
 
 
-def row(
-    trial_id: str,
-    run_id: str,
-    params: dict[str, Any],
-    metrics: dict[str, float],
-    status: str,
-    reason: str,
-) -> dict[str, Any]:
-    """One summary row, in the shape :func:`sweep_summary` documents."""
-    return {
-        "trial_id": trial_id,
-        "run_id": run_id,
-        "params": params,
-        "epochs_run": int(metrics.get("epoch", 0)),
-        "zeroshot_top1": metrics.get("zeroshot_top1"),
-        "status": status,
-        "reason": reason,
-    }
-
-
 def _param_value(text: str) -> Any:
     """A param's text back as the int, float or bool it was logged from (else the text)."""
     for kind in (int, float):
@@ -180,13 +160,14 @@ def sweep_summary(sweep: SweepConfig) -> list[dict[str, Any]]:
         tags, params = run.data.tags, run.data.params
         searched = {p: _param_value(params[p]) for p in searched_paths if p in params}
         rows.append(
-            row(
-                tags.get(TAG_TRIAL_ID, run.info.run_name),
-                run.info.run_id,
-                searched,
-                run.data.metrics,
-                tags.get(TAG_STATUS, ""),
-                tags.get(TAG_REASON, ""),
-            )
+            {
+                "trial_id": tags.get(TAG_TRIAL_ID, run.info.run_name),
+                "run_id": run.info.run_id,
+                "params": searched,
+                "epochs_run": int(run.data.metrics.get("epoch", 0)),
+                "zeroshot_top1": run.data.metrics.get("zeroshot_top1"),
+                "status": tags.get(TAG_STATUS, ""),
+                "reason": tags.get(TAG_REASON, ""),
+            }
         )
     return rows
