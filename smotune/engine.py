@@ -38,7 +38,7 @@ from smotune.evaluate import zero_shot
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
-NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale", "positional_embedding", "class_embedding")
+NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale")  # open_clip_train's exclude rule
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,13 @@ def choose_runtime(gpus_per_worker: float, precision: str, cuda_available: bool)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only.
+    """AdamW groups ``[no decay, decay]``, split exactly as open_clip_train splits them.
 
-    No decay for 1-d parameters (biases, norms, logit scale, class token) and for
-    names containing ``bn``, ``ln``, ``bias``, ``logit_scale`` or the positional
-    and class embeddings; token embeddings are decayed (as open_clip_train does).
+    A trainable parameter gets no weight decay when it has fewer than 2 dimensions
+    (biases, norm gains, ``logit_scale``, a ViT's ``class_embedding``) or its name
+    contains ``bn``, ``ln``, ``bias`` or ``logit_scale``; every other one is decayed,
+    token and positional embeddings included (open_clip_train's ``exclude`` lambda in
+    ``main.py``, shared by CLIP-rocket and LaCLIP). Frozen parameters are left out.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from pathlib import Path
+
+import open_clip
 import pytest
 import torch
 
@@ -40,27 +45,67 @@ def test_runtime_mistakes_are_user_errors():
         engine.choose_runtime(0, "fp16", cuda_available=False)
 
 
-def test_weight_decay_only_on_weight_matrices():
+def _open_clip_train_exclude():
+    """open_clip_train's own no-decay rule, compiled from its ``main.py`` (not imported:
+    importing it pulls in its training application's optional loggers)."""
+    package = importlib.util.find_spec("open_clip_train")
+    main = Path(package.submodule_search_locations[0]) / "main.py"
+    found = [
+        node.value
+        for node in ast.walk(ast.parse(main.read_text(), str(main)))
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["exclude"]
+        and isinstance(node.value, ast.Lambda)
+    ]
+    assert len(found) == 1, f"{main}: expected one `exclude = lambda ...`, found {len(found)}"
+    return eval(compile(ast.Expression(found[0]), str(main), "eval"), {})
+
+
+def _split(model, groups) -> tuple[set[str], set[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay, decay = groups
+    return {names[id(p)] for p in no_decay["params"]}, {names[id(p)] for p in decay["params"]}
+
+
+@pytest.mark.parametrize("arch", ["RN50", "ViT-B-32"])
+def test_weight_decay_split_is_open_clip_trains(arch):
+    """Per named parameter, we decay exactly what open_clip_train's ``exclude`` lambda decays."""
+    exclude = _open_clip_train_exclude()
+    model = open_clip.create_model(arch, pretrained=None)  # random init: nothing downloaded
+    groups = engine.param_groups(model, 0.2)
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.2]
+    kept, decayed = _split(model, groups)
+    params = dict(model.named_parameters())
+    theirs_kept = {n for n, p in params.items() if exclude(n, p) and p.requires_grad}
+    theirs_decayed = {n for n, p in params.items() if not exclude(n, p) and p.requires_grad}
+    assert decayed == theirs_decayed, decayed ^ theirs_decayed
+    assert kept == theirs_kept, kept ^ theirs_kept
+    assert kept | decayed == set(params) and not kept & decayed
+    # the parameters where a name list of our own once went wrong are decayed, as upstream
+    pos = "positional_embedding" if arch == "ViT-B-32" else "visual.attnpool.positional_embedding"
+    assert pos in decayed
+
+
+def test_weight_decay_on_smotunes_own_arch():
     m = model_mod.create(ModelConfig(), seed=0)
-    no_decay, decay = engine.param_groups(m, 0.5)
-    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.5
-    names = {id(p): n for n, p in m.named_parameters()}
-    decayed = {names[id(p)] for p in decay["params"]}
-    kept = {names[id(p)] for p in no_decay["params"]}
-    assert "token_embedding.weight" in decayed
-    assert "transformer.resblocks.0.mlp.c_fc.weight" in decayed
-    assert "visual.conv1.weight" in decayed
+    kept, decayed = _split(m, engine.param_groups(m, 0.5))
     for name in (
-        "logit_scale",
+        "token_embedding.weight",
         "positional_embedding",
         "visual.positional_embedding",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+        "visual.conv1.weight",
+    ):
+        assert name in decayed, name
+    for name in (
+        "logit_scale",
         "visual.class_embedding",
         "ln_final.weight",
         "transformer.resblocks.0.ln_1.bias",
         "transformer.resblocks.0.mlp.c_fc.bias",
     ):
         assert name in kept, name
-    assert len(decayed) + len(kept) == len(names)
+    assert len(decayed) + len(kept) == len(list(m.parameters()))
 
 
 def test_lr_warmup_then_cosine_to_floor():
