@@ -4,7 +4,9 @@
 
 The head holds the trial_driver slot and no CPU; two worker nodes have one CPU each, so
 the run's two workers (1 CPU each) can only run on different nodes. Every node gets its
-own ports, and the cluster its own temp dir, so this runs next to other Ray instances.
+own ports, and the cluster its own temp dir, so this runs next to other Ray instances
+(test_cluster.py also gives it its own RAY_TMPDIR and HOME, so the address file that Cluster
+writes, ray_current_cluster, never reaches another Ray's /tmp/ray).
 It runs in a process of its own because a driver can join only one cluster. Prints one
 JSON line: the run's final metrics, the node of each Ray Train worker and the node ids.
 """
@@ -47,11 +49,15 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
 
     import ray
+    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
     from smotune import config, trial
 
+    # Cluster writes the head's address to <RAY_TMPDIR or TMPDIR or /tmp>/ray/ray_current_cluster
+    # and does not create that directory: on a machine where Ray never ran it would fail.
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -69,6 +75,9 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
             cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports()) for _ in range(2)
         ]
         cluster.wait_for_nodes()
+        address_file = get_ray_address_file(None)
+        with open(address_file) as f:
+            address_file_holds = f.read().strip()
         ray.init(address=cluster.address)
         cfg = config.load_train(train_yaml)
         final = trial.run_train(cfg, storage=storage, name="multinode")
@@ -85,6 +94,9 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
                     "train_workers": [{"node_id": a.node_id, "pid": a.pid} for a in actors],
                     "head": cluster.head_node.node_id,
                     "worker_nodes": [w.node_id for w in workers],
+                    "address_file": address_file,
+                    "address_file_holds": address_file_holds,
+                    "gcs_address": cluster.gcs_address,
                 }
             ),
             flush=True,

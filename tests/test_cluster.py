@@ -403,7 +403,7 @@ def _job_sweep(work: Path, tmp: Path, name: str) -> Path:
         },
         "space": {"loss.label_smoothing": {"uniform": [0.0, 0.3]}},
         "search": {"algo": "random", "samples": 2, "concurrent": 1, "seed": 0},
-        "schedule": {"asha": {"metric": "zeroshot_top1", "grace": 1, "reduction": 2}},
+        "schedule": {"asha": {"grace": 1, "reduction": 2}},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": name},
         "storage": {"path": f"file://{tmp}/runs"},
     }
@@ -608,7 +608,18 @@ def test_one_runs_two_workers_train_with_ddp_on_two_nodes(tmp_path):
         )
     )
     temp_dir = tempfile.mkdtemp(prefix="smo-ray-", dir="/tmp")
-    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # A fresh, empty HOME and Ray temp root, as on a machine where Ray never ran: nothing an
+    # earlier Ray left (/tmp/ray, ~/.ray) helps or hurts, and Cluster's ray_current_cluster
+    # goes to RAY_TMPDIR/ray, never to the /tmp/ray that other Ray instances here share.
+    home, ray_tmp = tmp_path / "home", tmp_path / "ray-tmpdir"
+    home.mkdir()
+    ray_tmp.mkdir()
+    env = _clean_env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_TMPDIR=str(ray_tmp),
+        HOME=str(home),
+    )
     started = time.perf_counter()
     proc = subprocess.Popen(
         [
@@ -638,6 +649,9 @@ def test_one_runs_two_workers_train_with_ddp_on_two_nodes(tmp_path):
         f"(head {report['head'][:8]})"
     )
 
+    # Cluster wrote its address into the fresh Ray temp root (the dir multinode_train.py made)
+    assert report["address_file"] == str(ray_tmp / "ray" / "ray_current_cluster")
+    assert report["address_file_holds"] == report["gcs_address"]
     # the two DDP workers ran on the two worker nodes, one each, none on the head
     assert len(nodes) == 2 and set(nodes) == set(report["worker_nodes"])
     # one Train worker group of two ranks, the model wrapped in DistributedDataParallel
