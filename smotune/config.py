@@ -27,6 +27,23 @@ from smotune.errors import UserError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # smotune's own open_clip archs
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # also MLflow 3's own default
+METRICS = (
+    "epoch",
+    "zeroshot_top1",
+    "zeroshot_top5",
+    "train_loss",
+    "lr",
+    "samples_per_s",
+    "data_skipped",
+)
+"""The metrics the engine reports each epoch (the names Tune, ASHA, MLflow and the export share)."""
+OBJECTIVES = tuple(m for m in METRICS if m != "epoch")
+"""What ``search.metric`` may name: any reported metric but the epoch counter itself."""
+NOT_SEARCHABLE = {
+    "epochs": "ASHA and the searcher need one epoch count for every trial",
+    "seed": "search.confirm varies the seed itself",
+}
+"""Train-config paths ``space:`` refuses, with why."""
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "http://", "https://", "pipe:", "hf://", "azure://")
 
 
@@ -137,7 +154,14 @@ class Distribution(_Strict):
         return self
 
 
+class ConfirmConfig(_Strict):
+    top: int = Field(1, ge=1, description="how many of the best completed configs to re-run")
+    seeds: int = Field(3, ge=2, description="new seeds per config (and for the baseline)")
+
+
 class SearchConfig(_Strict):
+    metric: str = Field("zeroshot_top1", description="the one objective of the whole sweep")
+    mode: Literal["max", "min"] = "max"
     algo: Literal["tpe", "random"] = "tpe"
     samples: int = Field(12, ge=1)
     concurrent: int = Field(1, ge=1)
@@ -146,10 +170,36 @@ class SearchConfig(_Strict):
     include_default: bool = Field(
         False, description="the first trial runs the train config's own values (a baseline)"
     )
+    storage: str | None = Field(
+        None, description="Optuna storage URL (default: sqlite next to the sweep's Tune state)"
+    )
+    warm_start: str | None = Field(
+        None, description="name of an earlier sweep whose finished trials seed this search"
+    )
+    confirm: ConfirmConfig | None = Field(
+        None, description="re-run the baseline and the top configs over new seeds"
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in OBJECTIVES:
+            raise ValueError(f"must be a metric the engine reports ({', '.join(OBJECTIVES)})")
+        return value
 
 
 class AshaConfig(_Strict):
-    metric: str = "zeroshot_top1"
+    """ASHA on epochs; its metric and mode are ``search.metric`` and ``search.mode``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_metric(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "metric" in value:
+            raise ValueError(
+                "schedule.asha.metric is gone: the sweep has one objective, set search.metric"
+            )
+        return value
+
     grace: int = Field(1, ge=1)
     reduction: float = Field(3.0, gt=1.0)
 

@@ -8,6 +8,8 @@ traceback.
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 EXIT_USER_ERROR = 2
 
 
@@ -24,3 +26,9 @@ class UserError(Exception):
     def __str__(self) -> str:
         field = f" {self.field}:" if self.field else ""
         return f"{self.where}:{field} {self.problem}; fix: {self.fix}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for messages and logged files."""
+    password = urlparse(uri).password
+    return uri.replace(f":{password}@", ":***@") if password else uri

@@ -178,7 +178,7 @@ def export_best(
         )
     uri, where = _tracking_uri(tracking_uri)
     tracking.check_tracking(uri, where=where, existing=True)
-    record = tracking.best_trial_run(uri, experiment)
+    record, sweep_info = tracking.best_trial_run(uri, experiment)
     swept = best_config(record)
     overrides = {
         k: v for k, v in {"epochs": epochs, "workers.num": workers}.items() if v is not None
@@ -196,6 +196,14 @@ def export_best(
         f"wrote {path}: trial {record.trial_id} (MLflow run {record.run_id}) of "
         f"{experiment!r}, {_metrics_text(record.metrics)}"
     )
+    if tracking.TAG_VERDICT in sweep_info:
+        head += (
+            f"; confirmed over seeds: mean {sweep_info.get('best_top1_mean', float('nan')):.4g} "
+            f"± {sweep_info.get('best_top1_std', float('nan')):.4g} "
+            f"(baseline {sweep_info.get('baseline_top1_mean', float('nan')):.4g} "
+            f"± {sweep_info.get('baseline_top1_std', float('nan')):.4g}), "
+            f"verdict {sweep_info[tracking.TAG_VERDICT]}"
+        )
     notes = _override_notes(swept, cfg)
     if fmt == "yaml":
         return "\n".join([head, *(f"  {n}" for n in notes), f"run it: smotune train {path}"])

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from smotune.config import (
+    NOT_SEARCHABLE,
     Distribution,
     SweepConfig,
     TrainConfig,
@@ -96,6 +97,13 @@ def check_space(sweep: SweepConfig, where: str) -> None:
                 "is not a field of the train config",
                 "use a dotted path such as loss.label_smoothing, optim.weight_decay, "
                 "model.text_dropout",
+            )
+        if path in NOT_SEARCHABLE:
+            raise UserError(
+                where,
+                field,
+                f"cannot be searched: {NOT_SEARCHABLE[path]}",
+                f"remove it from space: and set train.{path} once",
             )
         for value in _extremes(dist):
             try:

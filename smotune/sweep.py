@@ -1,103 +1,40 @@
-"""The Tuner of a sweep: Optuna searcher, ASHA scheduler, storage, resume, summary.
+"""A sweep from start to verdict: checks, the search Tuner, the confirm phase, the summary.
 
-Where smotune is stricter than Ray's defaults (DESIGN.md, "Sweep semantics"):
-- Optuna learns the truth: a trial ASHA stopped before its last epoch is told
-  as PRUNED (its per-epoch ``zeroshot_top1`` already reported as intermediate
-  values), a failed or NaN trial as FAIL, and only a trial that ran all its
-  epochs as COMPLETE. Ray's ``OptunaSearch`` would tell every stopped trial
-  COMPLETE with its low early score.
-- Trial drivers ask for no CPU, only a ``trial_driver`` slot; the local Ray
-  declares ``search.concurrent`` of them, so trials never starve their own
-  Train workers on a small machine.
-- ``--resume`` restores the Tuner (searcher state included) and the MLflow
-  callback re-attaches to the same parent and child runs.
+- Everything a user can get wrong is checked before any cluster starts: the
+  tracking URI, the space, the Optuna storage, an existing or missing sweep,
+  and on ``--resume`` a sweep file that differs from the one the sweep
+  started with (its canonical form is kept as ``smotune-sweep.json`` beside
+  Tune's state).
+- The search is a Tuner with smotune's searcher and ASHA (``search.py``); trial
+  drivers ask for no CPU, only a ``trial_driver`` slot, so trials never starve
+  their own Train workers on a small machine.
+- With ``search.confirm``, the baseline and the top configs then re-run over new
+  seeds in a second Tuner (``<name>-confirm``, no early stop), and the verdict
+  (``confirm.py``) decides ``best.yaml``.
+- ``--resume`` restores whichever Tuner was interrupted; the MLflow callback
+  re-attaches to the same parent and child runs.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-import optuna
+from pyarrow import fs as pafs
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 
-from smotune import tracking, trial
-from smotune.config import SweepConfig, absolute_paths
-from smotune.errors import UserError
-from smotune.space import apply, default_point, fixed_values, optuna_space
+from smotune import confirm, search, tracking, trial
+from smotune.config import SweepConfig, absolute_paths, flatten
+from smotune.errors import UserError, redact
+from smotune.space import apply, fixed_values, optuna_space
 
-
-class TruthfulOptunaSearch(OptunaSearch):
-    """Tune's Optuna searcher, telling Optuna how each trial really ended.
-
-    Per-epoch values are reported as intermediate values (step = epoch); a
-    trial that stopped before ``epochs`` is PRUNED, a failed or NaN one FAIL,
-    and only a trial that ran every epoch COMPLETE with its final value.
-    """
-
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.epochs = epochs
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric)
-        if trial_id in self._completed_trials or value is None or math.isnan(value):
-            return
-        self._ot_trials[trial_id].report(value, int(result["epoch"]))
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        value = (result or {}).get(self.metric)
-        state = optuna.trial.TrialState.COMPLETE
-        if error or value is None or math.isnan(value):
-            state, value = optuna.trial.TrialState.FAIL, None
-        elif int(result.get("epoch", 0)) < self.epochs:
-            state, value = optuna.trial.TrialState.PRUNED, None
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
-        self._completed_trials.add(trial_id)
-
-
-def make_searcher(sweep: SweepConfig) -> TruthfulOptunaSearch:
-    """Optuna (TPE, seeded; constant liar when trials run in parallel) behind Tune's interface."""
-    s = sweep.search
-    if s.algo == "tpe":
-        sampler = optuna.samplers.TPESampler(
-            seed=s.seed,
-            n_startup_trials=max(2, min(10, s.samples // 3)),
-            constant_liar=s.concurrent > 1,
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    metric = sweep.schedule.asha.metric if sweep.schedule.asha else "zeroshot_top1"
-    return TruthfulOptunaSearch(
-        space=optuna_space(sweep),
-        points_to_evaluate=[default_point(sweep)] if s.include_default else None,
-        metric=metric,
-        mode="max",
-        sampler=sampler,
-        epochs=sweep.train.epochs,
-    )
-
-
-def make_scheduler(sweep: SweepConfig):
-    asha = sweep.schedule.asha
-    if asha is None:
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch",
-        metric=asha.metric,
-        mode="max",
-        max_t=sweep.train.epochs,
-        grace_period=min(asha.grace, sweep.train.epochs),
-        reduction_factor=asha.reduction,
-    )
+SWEEP_RECORD = "smotune-sweep.json"
 
 
 def experiment_path(sweep: SweepConfig) -> str:
@@ -115,12 +52,52 @@ def _trainable(sweep: SweepConfig):
     return tune.with_resources(fn, trial.TRIAL_RESOURCES)
 
 
-def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> list[dict]:
-    """Run (or resume) a sweep; print the summary table; return its rows."""
+def _fs_path(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(trial.storage_uri(uri))
+
+
+def _read_record(path: str) -> dict[str, Any] | None:
+    """The sweep file a sweep started with (canonical JSON beside Tune's state), if any."""
+    fs, root = _fs_path(path)
+    try:
+        with fs.open_input_stream(f"{root}/{SWEEP_RECORD}") as f:
+            return json.loads(f.readall())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _write_record(sweep: SweepConfig, path: str) -> None:
+    fs, root = _fs_path(path)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SWEEP_RECORD}") as f:
+        f.write(json.dumps(sweep.model_dump(mode="json"), indent=1, sort_keys=True).encode())
+
+
+def _check_unchanged(sweep: SweepConfig, path: str, where: str) -> None:
+    """A resumed sweep must be the sweep that started: name the fields that changed."""
+    started = _read_record(path)
+    if started is None:
+        return  # a sweep started before smotune kept the record
+    old, new = flatten(started), flatten(sweep.model_dump(mode="json"))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UserError(
+            where,
+            changed[0],
+            f"differs from the sweep file the sweep started with: {shown}{more}",
+            f"resume with the original file (its copy: {path}/{SWEEP_RECORD}) or start a new "
+            "sweep under another name",
+        )
+
+
+def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
+    """Every check a sweep can fail before a cluster starts; returns the Tune experiment path."""
     storage = sweep.storage.path
     if os.environ.get("RAY_ADDRESS") and "://" not in storage and not os.path.isabs(storage):
         raise UserError(
-            str(sweep_file),
+            where,
             "storage.path",
             f"relative path {storage!r} with RAY_ADDRESS set: on a cluster it lands in the "
             "job's temporary working dir",
@@ -128,53 +105,133 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
         )
     tracking.check_tracking(sweep.tracking.uri, experiment=sweep.experiment)
     if not optuna_space(sweep):
-        raise UserError(str(sweep_file), "space", "has nothing to search", "add a distribution")
+        raise UserError(where, "space", "has nothing to search", "add a distribution")
     path = experiment_path(sweep)
     restorable = tune.Tuner.can_restore(path)
     if resume and not restorable:
         raise UserError(
-            str(sweep_file),
+            where,
             "storage.path",
             f"no interrupted sweep to resume at {path}",
             "run without --resume to start it",
         )
     if not resume and restorable:
         raise UserError(
-            str(sweep_file),
+            where,
             "name",
             f"a sweep named {sweep.name!r} already exists at {path}",
             "add --resume to continue it, or change name or storage.path",
         )
+    if resume:
+        _check_unchanged(sweep, path, where)
+    return path
+
+
+def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume: bool):
+    """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored."""
+    path = f"{trial.storage_uri(sweep.storage.path).rstrip('/')}/{name}"
+    if resume and tune.Tuner.can_restore(path):
+        # the MLflow callback comes back from the experiment state, re-attached to its runs
+        return tune.Tuner.restore(path, trainable=_trainable(sweep), resume_errored=False)
+    return tune.Tuner(
+        _trainable(sweep),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=sweep.search.concurrent,
+            time_budget_s=sweep.search.time_budget,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=trial.storage_uri(sweep.storage.path),
+            callbacks=[callback, trial.ReleaseOrphanedWorkers()],
+            verbose=1,
+        ),
+    )
+
+
+def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> list[dict]:
+    """Run (or resume) a sweep and its confirm phase; print the summary; return its rows."""
+    where = str(sweep_file)
+    path = _check_start(sweep, where, resume)
+    study_url, study_storage = search.prepare_study(sweep, resume, where)
     resources = trial.connect(trial_drivers=sweep.search.concurrent)
     trial.check_fits(sweep.train, resources)
+    if not resume:
+        _write_record(sweep, path)
 
-    if resume:
-        # the MLflow callback comes back from the experiment state, re-attached to its runs
-        tuner = tune.Tuner.restore(path, trainable=_trainable(sweep), resume_errored=False)
-    else:
-        callback = tracking.MlflowSweepCallback(sweep, Path(sweep_file).read_text())
-        tuner = tune.Tuner(
-            _trainable(sweep),
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(sweep),
-                scheduler=make_scheduler(sweep),
-                num_samples=sweep.search.samples,
-                max_concurrent_trials=sweep.search.concurrent,
-                time_budget_s=sweep.search.time_budget,
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=sweep.name,
-                storage_path=trial.storage_uri(sweep.storage.path),
-                callbacks=[callback, trial.ReleaseOrphanedWorkers()],
-                verbose=1,
-            ),
-        )
-    tuner.fit()
-    rows = tracking.sweep_summary(sweep)
-    print(format_summary(rows, sweep))
+    text = Path(sweep_file).read_text()
+    parent_tags = {
+        tracking.TAG_OPTUNA_STORAGE: redact(study_url),
+        tracking.TAG_SWEEP_PATH: path,
+    }
+    grid = _tuner(
+        sweep,
+        sweep.name,
+        search.make_searcher(sweep, study_storage),
+        search.make_scheduler(sweep, study_url),
+        sweep.search.samples,
+        tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags),
+        resume,
+    ).fit()
+    searched = grid.num_terminated + grid.num_errors >= sweep.search.samples
+    parent_id = tracking.sweep_parent_id(sweep.tracking.uri, sweep.experiment, path)
+    outcome = None
+    if sweep.search.confirm is not None and searched:
+        outcome = _confirm(sweep, text, study_storage, parent_id, resume)
+    elif sweep.search.confirm is not None:
+        print("the search ended early (interrupted or out of time): no confirm phase, no verdict")
+    rows = tracking.sweep_summary(sweep, parent_id)
+    print(format_summary([r for r in rows if r["phase"] == tracking.PHASE_SEARCH], sweep))
+    if outcome is not None:
+        groups, verdict = outcome
+        print(confirm.format_table(groups, sweep.search.metric))
+        print(verdict.words(sweep.search.metric))
     print(_where_to_look(sweep))
     return rows
+
+
+def _confirm(
+    sweep: SweepConfig, text: str, study_storage: Any, parent_id: str, resume: bool
+) -> tuple[list[confirm.Group], confirm.Verdict]:
+    """Re-run the baseline and the top configs over new seeds; log and return the verdict."""
+    groups = confirm.choose_groups(sweep, study_storage)
+    points = confirm.points(groups, confirm.seeds(sweep))
+    callback = tracking.MlflowSweepCallback(
+        sweep,
+        text,
+        phase=tracking.PHASE_CONFIRM,
+        parent_run_id=parent_id,
+        confirm_labels=functools.partial(_label, groups),
+    )
+    results = _tuner(
+        sweep,
+        f"{sweep.name}-confirm",
+        BasicVariantGenerator(points_to_evaluate=points, max_concurrent=sweep.search.concurrent),
+        FIFOScheduler(),
+        len(points),
+        callback,
+        resume,
+    ).fit()
+    finished = [(r.config, r.metrics or {}) for r in results if r.error is None]
+    confirm.collect(groups, finished, sweep)
+    verdict = confirm.verdict(groups, sweep.search.mode)
+    tracking.log_verdict(
+        sweep.tracking.uri,
+        parent_id,
+        verdict.verdict,
+        (verdict.baseline.mean, verdict.baseline.std),
+        (verdict.best.mean, verdict.best.std),
+        verdict.best.label,
+    )
+    return groups, verdict
+
+
+def _label(groups: list[confirm.Group], config: dict[str, Any]) -> str:
+    group = confirm.group_of(groups, config)
+    return group.label if group is not None else "unknown"
 
 
 def _where_to_look(sweep: SweepConfig) -> str:
@@ -189,21 +246,27 @@ def _where_to_look(sweep: SweepConfig) -> str:
     return f"{best}\ncompare the trials: {ui}  (experiment {sweep.experiment!r})"
 
 
+def _cell(value: Any) -> str:
+    """A searched value as the summary shows it: numbers in 4 digits, anything else as text."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
 def format_summary(rows: list[dict[str, Any]], sweep: SweepConfig) -> str:
-    """The summary table: trial, searched values, epochs run, zero-shot top-1, status."""
+    """The summary table: trial, searched values, epochs run, the objective, status."""
     names = list(optuna_space(sweep))
     short = [n.rsplit(".", 1)[-1] for n in names]
-    head = ["trial", *short, "epochs", "zeroshot_top1", "status"]
+    head = ["trial", *short, "epochs", sweep.search.metric, "status"]
     table = [head]
     for r in rows:
-        values = [f"{r['params'].get(n, float('nan')):.4g}" for n in names]
-        top1 = r.get("zeroshot_top1")
+        value = r.get("value")
         table.append(
             [
                 r["trial_id"],
-                *values,
+                *(_cell(r["params"].get(n, "-")) for n in names),
                 f"{r.get('epochs_run', 0)}/{sweep.train.epochs}",
-                "-" if top1 is None else f"{top1:.4f}",
+                "-" if value is None else f"{value:.4f}",
                 r["status"],
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.ray
 GOOD_LR, BAD_LR = 1e-3, 1e-9
 
 
-def _sweep_file(tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int) -> Path:
+def _sweep_file(
+    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, **search_kw
+) -> Path:
     """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing)."""
     data = {
         "name": name,
@@ -41,8 +44,14 @@ def _sweep_file(tmp_path: Path, synth_data: Path, name: str, samples: int, seed:
             "loss.label_smoothing": {"uniform": [0.0, 0.3]},
             "optim.lr": {"choice": [GOOD_LR, BAD_LR]},
         },
-        "search": {"algo": "random", "samples": samples, "concurrent": 1, "seed": seed},
-        "schedule": {"asha": {"metric": "zeroshot_top1", "grace": 1, "reduction": 2}},
+        "search": {
+            "algo": "random",
+            "samples": samples,
+            "concurrent": 1,
+            "seed": seed,
+            **search_kw,
+        },
+        "schedule": {"asha": {"grace": 1, "reduction": 2}},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": name},
         "storage": {"path": str(tmp_path / "runs")},
     }
@@ -68,18 +77,21 @@ def _first_good_then_bad(samples: int) -> int:
 def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     samples = 4
-    path = _sweep_file(tmp_path, synth_data, "e2e", samples, _first_good_then_bad(samples))
+    seed = _first_good_then_bad(samples)
+    confirm = {"top": 1, "seeds": 2}
+    path = _sweep_file(tmp_path, synth_data, "e2e", samples, seed, confirm=confirm)
     cfg = config.load_sweep(path)
     rows = sweep.run_sweep(cfg, path)
     out = capsys.readouterr().out
+    search_rows = [r for r in rows if r["phase"] == "search"]
 
     # trials ran with different sampled values; the bad-lr ones were stopped early by ASHA
-    assert len(rows) == samples
-    assert len({r["params"]["loss.label_smoothing"] for r in rows}) == samples
-    statuses = {r["status"] for r in rows}
+    assert len(search_rows) == samples
+    assert len({r["params"]["loss.label_smoothing"] for r in search_rows}) == samples
+    statuses = {r["status"] for r in search_rows}
     assert "early_stopped" in statuses and "completed" in statuses
-    for r in rows:
-        if float(r["params"]["optim.lr"]) == BAD_LR and r is not rows[0]:
+    for r in search_rows:
+        if float(r["params"]["optim.lr"]) == BAD_LR and r is not search_rows[0]:
             assert r["status"] == "early_stopped" and r["epochs_run"] == 1
     assert "zeroshot_top1" in out and "early_stopped" in out and "best.yaml" in out
 
@@ -89,7 +101,9 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
-    assert len(parents) == 1 and len(children) == samples
+    searched = [c for c in children if c.data.tags["phase"] == "search"]
+    confirmed = [c for c in children if c.data.tags["phase"] == "confirm"]
+    assert len(parents) == 1 and len(searched) == samples
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
     parent = parents[0]
     for child in children:
@@ -99,10 +113,41 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
         history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
         epochs = 2 if child.data.tags["status"] == "completed" else 1
         assert [m.step for m in history] == list(range(1, epochs + 1))
-    best_child = next(c for c in children if c.data.tags.get("best") == "true")
-    assert parent.data.tags["best_trial"] == best_child.data.tags["trial_id"]
 
-    # smotune best writes the best child's values; smotune train runs it unchanged
+    # the Optuna study, opened from the parent's tag as optuna-dashboard would
+    study = optuna.load_study(study_name="e2e", storage=parent.data.tags["optuna_storage"])
+    states = sorted(t.state.name for t in study.get_trials())
+    expected = sorted(
+        {"completed": "COMPLETE", "early_stopped": "PRUNED"}[r["status"]] for r in search_rows
+    )
+    assert states == expected
+
+    # confirm: the baseline and the best completed config, each at 2 new seeds, all epochs
+    best_search = max(
+        (r for r in search_rows if r["status"] == "completed"), key=lambda r: r["value"]
+    )
+    groups = {}
+    for c in confirmed:
+        assert c.data.tags["status"] == "completed"
+        groups.setdefault(c.data.tags["confirm_of"], []).append(c)
+    assert set(groups) == {"baseline", best_search["trial_id"]}
+    for label, runs_of in groups.items():
+        assert sorted(int(c.data.tags["seed"]) for c in runs_of) == [1, 2], label
+        assert sorted(int(c.data.params["seed"]) for c in runs_of) == [1, 2], label
+    means = {
+        label: statistics.fmean(c.data.metrics["zeroshot_top1"] for c in runs_of)
+        for label, runs_of in groups.items()
+    }
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics["baseline_top1_mean"] == pytest.approx(means["baseline"])
+    winner = max(means, key=lambda k: (means[k], k == "baseline"))
+    assert parent.data.metrics["best_top1_mean"] == pytest.approx(means[winner])
+    assert parent.data.tags["verdict"] in ("beats_baseline", "within_noise", "baseline_best")
+    assert (parent.data.tags["verdict"] == "baseline_best") == (winner == "baseline")
+    assert f"verdict: {parent.data.tags['verdict']}" in out and "noise band" in out
+    assert parent.data.tags["best_trial"] == winner
+
+    # smotune best writes the confirmed winner; smotune train runs it unchanged
     assert (
         cli.main(
             [
@@ -118,11 +163,12 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
         == 0
     )
     best = config.load_train(tmp_path / "exported.yaml")
+    best_child = client.get_run(parent.data.tags["best_run_id"])
+    assert best_child.data.tags["confirm_of"] == winner
     flat = config.flatten(best.model_dump(mode="json"))
     for name, value in best_child.data.params.items():
         if name in flat:
             assert str(flat[name]) == value, name
-    assert best.optim.lr == GOOD_LR
     assert (
         cli.main(["train", "exported.yaml", "--epochs", "1", "--storage", str(tmp_path / "full")])
         == 0
@@ -177,5 +223,14 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
     parents = {k.data.tags["mlflow.parentRunId"] for k in kids}
     assert len(parents) == 1
 
-    # a second --resume of a finished sweep does not add trials; a fresh run is refused
+    # a fresh run of a finished sweep is refused, and so is a --resume of an edited sweep file
     assert subprocess.run([*smotune], cwd=tmp_path, env=env, capture_output=True).returncode == 2
+    edited = yaml.safe_load(path.read_text())
+    edited["search"]["samples"] = samples + 2
+    path.write_text(yaml.safe_dump(edited))
+    refused = subprocess.run(
+        [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "search.samples (3 -> 5)" in lines[0], refused.stderr

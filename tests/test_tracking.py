@@ -40,7 +40,7 @@ space:
   loss.label_smoothing: {{uniform: [0.0, 0.3]}}
   optim.weight_decay: {{fixed: 0.2}}
 search: {{algo: random, samples: 5, concurrent: 1, seed: 0}}
-schedule: {{asha: {{metric: zeroshot_top1, grace: 1, reduction: 2}}}}
+schedule: {{asha: {{grace: 1, reduction: 2}}}}
 tracking: {{uri: "{uri}"}}
 """
 

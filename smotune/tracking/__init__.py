@@ -34,6 +34,8 @@ from smotune.tracking.names import (
     METRICS,
     NAN_REASON,
     PARAM_GLOBAL_BATCH,
+    PHASE_CONFIRM,
+    PHASE_SEARCH,
     RESULT_CHECKPOINT,
     RUNNING,
     SWEEP_ARTIFACT,
@@ -42,16 +44,19 @@ from smotune.tracking.names import (
     TAG_BEST_TRIAL,
     TAG_CHECKPOINT,
     TAG_KIND,
+    TAG_OPTUNA_STORAGE,
     TAG_PARENT,
     TAG_REASON,
     TAG_STATUS,
     TAG_SWEEP,
+    TAG_SWEEP_PATH,
     TAG_TRIAL_ID,
     TRAIN_ARTIFACT,
     TUNE_KEYS,
 )
 from smotune.tracking.params import train_params, trial_train_config
-from smotune.tracking.read import TrialRecord, best_trial_run, sweep_summary
+from smotune.tracking.read import TrialRecord, best_trial_run, sweep_parent_id, sweep_summary
+from smotune.tracking.verdict import log_verdict
 
 __all__ = [
     "BEST_ARTIFACT",
@@ -73,6 +78,11 @@ __all__ = [
     "TAG_BEST_RUN_ID",
     "TAG_BEST_TRIAL",
     "TAG_CHECKPOINT",
+    "TAG_OPTUNA_STORAGE",
+    "TAG_SWEEP_PATH",
+    "TAG_VERDICT",
+    "PHASE_CONFIRM",
+    "PHASE_SEARCH",
     "TAG_KIND",
     "TAG_PARENT",
     "TAG_REASON",
@@ -86,6 +96,8 @@ __all__ = [
     "best_trial_run",
     "check_tracking",
     "redact",
+    "log_verdict",
+    "sweep_parent_id",
     "sweep_summary",
     "train_params",
     "trial_train_config",

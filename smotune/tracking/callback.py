@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,6 +36,8 @@ from smotune.tracking.names import (
     KIND_SWEEP,
     KIND_TRIAL,
     NAN_REASON,
+    PHASE_CONFIRM,
+    PHASE_SEARCH,
     RESULT_CHECKPOINT,
     RUN_STATUS,
     RUNNING,
@@ -44,9 +46,12 @@ from smotune.tracking.names import (
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_CHECKPOINT,
+    TAG_CONFIRM_OF,
     TAG_KIND,
     TAG_PARENT,
+    TAG_PHASE,
     TAG_REASON,
+    TAG_SEED,
     TAG_STATUS,
     TAG_SWEEP,
     TAG_TRIAL_ID,
@@ -90,12 +95,27 @@ class MlflowSweepCallback(Callback):
     ``Tuner.restore`` re-attaches to the same runs. A trial missing from that
     state is still found by its ``trial_id`` tag under the parent, so a restore
     never duplicates a run.
+
+    ``phase`` tags every child: ``search`` trials, or ``confirm`` re-runs (also
+    tagged ``seed`` and ``confirm_of``, the label ``confirm_labels`` gives a
+    trial's config), which attach to the search's ``parent_run_id``.
     """
 
-    def __init__(self, sweep: SweepConfig, sweep_file_text: str):
+    def __init__(
+        self,
+        sweep: SweepConfig,
+        sweep_file_text: str,
+        parent_tags: dict[str, str] | None = None,
+        phase: str = PHASE_SEARCH,
+        parent_run_id: str | None = None,
+        confirm_labels: Callable[[dict[str, Any]], str] | None = None,
+    ):
         self.sweep = sweep
         self.sweep_file_text = sweep_file_text
-        self._parent_id: str | None = None
+        self.parent_tags = parent_tags or {}
+        self.phase = phase
+        self.confirm_labels = confirm_labels
+        self._parent_id: str | None = parent_run_id
         self._trials: dict[str, dict[str, Any]] = {}
         self._client: mlflow.MlflowClient | None = None
         self._experiment_id: str | None = None
@@ -142,7 +162,7 @@ class MlflowSweepCallback(Callback):
         run = client.create_run(
             self._experiment_id,
             run_name=f"{self.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep.name},
+            tags={TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep.name, **self.parent_tags},
         )
         self._parent_id = run.info.run_id
         for chunk in _chunks([Param(k, v) for k, v in sweep_params(self.sweep).items()]):
@@ -181,7 +201,11 @@ class MlflowSweepCallback(Callback):
                 TAG_KIND: KIND_TRIAL,
                 TAG_TRIAL_ID: trial.trial_id,
                 TAG_STATUS: RUNNING,
+                TAG_PHASE: self.phase,
             }
+            if self.phase == PHASE_CONFIRM:
+                tags[TAG_SEED] = str(cfg.seed)
+                tags[TAG_CONFIRM_OF] = self.confirm_labels(dict(trial.config))
             run_id = client.create_run(
                 self._experiment_id, run_name=trial.trial_id, tags=tags
             ).info.run_id
@@ -281,12 +305,14 @@ class MlflowSweepCallback(Callback):
             tags = [RunTag(TAG_STATUS, KILLED), RunTag(TAG_REASON, KILLED_REASON)]
             client.log_batch(run.info.run_id, tags=tags)
             client.set_terminated(run.info.run_id, status="KILLED")
-        self._mark_best(client)
+        if self.phase == PHASE_SEARCH:
+            self._mark_best(client)
         client.set_terminated(self._parent_id, status="FINISHED")
 
     def _mark_best(self, client: mlflow.MlflowClient) -> None:
         """Tag the best completed child and copy its final metrics and config to the parent."""
-        best = best_run(client, self._experiment_id, self._parent_id)
+        search = self.sweep.search
+        best = best_run(client, self._experiment_id, self._parent_id, search.metric, search.mode)
         best_id = best.info.run_id if best is not None else None
         query = f"tags.{TAG_BEST} = 'true'"
         for run in children(client, self._experiment_id, self._parent_id, query):

@@ -19,17 +19,11 @@ from urllib.parse import urlparse
 
 import mlflow
 
-from smotune.errors import UserError
+from smotune.errors import UserError, redact
 
 _SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, for messages and logged files."""
-    password = urlparse(uri).password
-    return uri.replace(f":{password}@", ":***@") if password else uri
 
 
 def error_line(text: str) -> str:

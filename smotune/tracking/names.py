@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-METRICS = (
-    "epoch",
-    "zeroshot_top1",
-    "zeroshot_top5",
-    "train_loss",
-    "lr",
-    "samples_per_s",
-    "data_skipped",
-)
-"""smotune's metric names; other numeric result keys are logged too unless Tune's own."""
+from smotune.config import METRICS  # noqa: F401  (smotune's metric names, shared with Tune)
 
 TUNE_KEYS = (
     "training_iteration",
@@ -29,6 +20,7 @@ TUNE_KEYS = (
     "done",
     "should_checkpoint",
 )
+"""Tune's own result keys: not logged (any other numeric result key is)."""
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_KIND = "kind"
@@ -40,6 +32,16 @@ TAG_CHECKPOINT = "checkpoint"
 TAG_BEST = "best"
 TAG_BEST_TRIAL = "best_trial"
 TAG_BEST_RUN_ID = "best_run_id"
+TAG_PHASE = "phase"
+TAG_SEED = "seed"
+TAG_CONFIRM_OF = "confirm_of"
+TAG_VERDICT = "verdict"
+TAG_OPTUNA_STORAGE = "optuna_storage"
+TAG_SWEEP_PATH = "sweep_path"
+PHASE_SEARCH = "search"
+PHASE_CONFIRM = "confirm"
+CONFIRM_METRICS = ("baseline_top1_mean", "baseline_top1_std", "best_top1_mean", "best_top1_std")
+"""The parent's metrics after the confirm phase: mean and std over seeds of ``search.metric``."""
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
 

@@ -20,11 +20,18 @@ from smotune.tracking.check import check_exists, env, redact
 from smotune.tracking.names import (
     COMPLETED,
     KIND_SWEEP,
+    PHASE_SEARCH,
+    TAG_BEST_RUN_ID,
+    TAG_CONFIRM_OF,
     TAG_KIND,
     TAG_PARENT,
+    TAG_PHASE,
     TAG_REASON,
+    TAG_SEED,
     TAG_STATUS,
+    TAG_SWEEP_PATH,
     TAG_TRIAL_ID,
+    TAG_VERDICT,
     TRAIN_ARTIFACT,
 )
 
@@ -71,13 +78,17 @@ def artifact_text(client: mlflow.MlflowClient, run_id: str, path: str) -> str:
         return Path(local).read_text()
 
 
-def best_run(client: mlflow.MlflowClient, experiment_id: str, parent_id: str) -> Any | None:
-    """The completed child of ``parent_id`` with the highest final zeroshot_top1."""
-    done = children(client, experiment_id, parent_id, f"tags.{TAG_STATUS} = '{COMPLETED}'")
-    scored = [r for r in done if not math.isnan(r.data.metrics.get("zeroshot_top1", math.nan))]
+def best_run(
+    client: mlflow.MlflowClient, experiment_id: str, parent_id: str, metric: str, mode: str
+) -> Any | None:
+    """The completed search child of ``parent_id`` with the best final ``metric``."""
+    query = f"tags.{TAG_STATUS} = '{COMPLETED}' and tags.{TAG_PHASE} = '{PHASE_SEARCH}'"
+    done = children(client, experiment_id, parent_id, query)
+    scored = [r for r in done if not math.isnan(r.data.metrics.get(metric, math.nan))]
     if not scored:
         return None
-    return max(scored, key=lambda r: (r.data.metrics["zeroshot_top1"], -r.info.start_time))
+    sign = 1.0 if mode == "max" else -1.0
+    return max(scored, key=lambda r: (sign * r.data.metrics[metric], -r.info.start_time))
 
 
 def _record(client: mlflow.MlflowClient, run: Any) -> TrialRecord:
@@ -117,15 +128,22 @@ def _latest_sweep(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, str, 
     return client, exp.experiment_id, parents[0]
 
 
-def best_trial_run(uri: str, experiment: str) -> TrialRecord:
-    """The best completed trial of the latest sweep (parent run by start time) in ``experiment``.
+def best_trial_run(uri: str, experiment: str) -> tuple[TrialRecord, dict[str, Any]]:
+    """The best trial of the latest sweep (parent run by start time) in ``experiment``.
 
-    Best = status ``completed`` and the highest final ``zeroshot_top1``. Only the
-    latest sweep is searched: an earlier sweep of the same name may have run a
-    different space or train config, so its trials are not comparable.
+    If the sweep confirmed its winners over seeds, best is the run the confirm
+    phase chose (a run of the config with the best mean; the parent's tag
+    ``best_run_id``); otherwise the completed search trial with the best final
+    ``search.metric``. Only the latest sweep is searched: an earlier sweep of the
+    same name may have run a different space or train config. Returns the record
+    and the parent's tags and metrics (``verdict``, ``best_top1_mean``, ...).
     """
     client, experiment_id, parent = _latest_sweep(uri, experiment)
-    best = best_run(client, experiment_id, parent.info.run_id)
+    info = {**parent.data.tags, **parent.data.metrics}
+    if TAG_VERDICT in parent.data.tags and TAG_BEST_RUN_ID in parent.data.tags:
+        return _record(client, client.get_run(parent.data.tags[TAG_BEST_RUN_ID])), info
+    metric, mode = _objective(parent)
+    best = best_run(client, experiment_id, parent.info.run_id, metric, mode)
     if best is None:
         raise UserError(
             f"MLflow {redact(uri)}",
@@ -133,7 +151,28 @@ def best_trial_run(uri: str, experiment: str) -> TrialRecord:
             f"the latest sweep of {experiment!r} (run {parent.info.run_id}) has no completed trial",
             "resume or rerun the sweep until a trial runs all its epochs",
         )
-    return _record(client, best)
+    return _record(client, best), info
+
+
+def _objective(parent: Any) -> tuple[str, str]:
+    """The sweep's ``search.metric`` and ``search.mode``, from its parent run's params."""
+    params = parent.data.params
+    return params.get("search.metric", "zeroshot_top1"), params.get("search.mode", "max")
+
+
+def sweep_parent_id(uri: str, experiment: str, sweep_path: str) -> str:
+    """The parent run of the sweep whose Tune state is at ``sweep_path`` (the latest such run)."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.{TAG_KIND} = '{KIND_SWEEP}' and tags.{TAG_SWEEP_PATH} = '{sweep_path}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs:
+        return runs[0].info.run_id
+    return _latest_sweep(uri, experiment)[2].info.run_id  # a sweep started before the tag
 
 
 def _param_value(text: str) -> Any:
@@ -146,17 +185,18 @@ def _param_value(text: str) -> Any:
     return {"True": True, "False": False}.get(text, text)
 
 
-def sweep_summary(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """One row per trial of the sweep's latest parent run, read from MLflow.
+def sweep_summary(sweep: SweepConfig, parent_id: str | None = None) -> list[dict[str, Any]]:
+    """One row per trial of the sweep's parent run (default: the latest), read from MLflow.
 
     Row keys: ``trial_id``, ``run_id``, ``params`` (searched path -> value),
-    ``epochs_run``, ``zeroshot_top1`` (final; None if never reported),
-    ``status`` and ``reason``.
+    ``epochs_run``, ``value`` (final ``search.metric``; None if never reported),
+    ``status``, ``reason``, ``phase``, ``seed`` and ``confirm_of`` (confirm runs).
     """
     client, experiment_id, parent = _latest_sweep(sweep.tracking.uri, sweep.experiment)
+    parent_id = parent_id or parent.info.run_id
     searched_paths = [p for p, dist in sweep.space.items() if dist.kind != "fixed"]
     rows = []
-    for run in children(client, experiment_id, parent.info.run_id):
+    for run in children(client, experiment_id, parent_id):
         tags, params = run.data.tags, run.data.params
         searched = {p: _param_value(params[p]) for p in searched_paths if p in params}
         rows.append(
@@ -165,9 +205,12 @@ def sweep_summary(sweep: SweepConfig) -> list[dict[str, Any]]:
                 "run_id": run.info.run_id,
                 "params": searched,
                 "epochs_run": int(run.data.metrics.get("epoch", 0)),
-                "zeroshot_top1": run.data.metrics.get("zeroshot_top1"),
+                "value": run.data.metrics.get(sweep.search.metric),
                 "status": tags.get(TAG_STATUS, ""),
                 "reason": tags.get(TAG_REASON, ""),
+                "phase": tags.get(TAG_PHASE, PHASE_SEARCH),
+                "seed": tags.get(TAG_SEED),
+                "confirm_of": tags.get(TAG_CONFIRM_OF),
             }
         )
     return rows

@@ -1,0 +1,58 @@
+"""The confirm phase's outcome on the sweep's parent run: verdict, seed statistics, best config."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import mlflow
+from mlflow.entities import Metric, RunTag
+
+from smotune.tracking.names import (
+    BEST_ARTIFACT,
+    COMPLETED,
+    CONFIRM_METRICS,
+    PHASE_CONFIRM,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_CONFIRM_OF,
+    TAG_PHASE,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_VERDICT,
+    TRAIN_ARTIFACT,
+)
+from smotune.tracking.read import artifact_text, children
+
+
+def log_verdict(
+    uri: str,
+    parent_id: str,
+    verdict: str | None,
+    baseline: tuple[float, float],
+    best: tuple[float, float],
+    best_label: str,
+) -> str | None:
+    """Log the verdict and the (mean, std) pairs on the parent; point it at the winner's run.
+
+    The winner's run is its confirm run with the lowest seed; its ``train.yaml``
+    becomes the parent's ``best.yaml``. Returns that run's id (None if none finished).
+    """
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    query = (
+        f"tags.{TAG_PHASE} = '{PHASE_CONFIRM}' and tags.{TAG_CONFIRM_OF} = '{best_label}' "
+        f"and tags.{TAG_STATUS} = '{COMPLETED}'"
+    )
+    runs = children(client, parent.info.experiment_id, parent_id, query)
+    runs.sort(key=lambda r: int(r.data.tags[TAG_SEED]))
+    now = int(time.time() * 1000)
+    values = dict(zip(CONFIRM_METRICS, [*baseline, *best], strict=True))
+    metrics = [Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)]
+    tags = [RunTag(TAG_VERDICT, verdict or "none")]
+    if runs and verdict is not None:
+        best_id = runs[0].info.run_id
+        tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, best_label)]
+        client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
+    client.log_batch(parent_id, metrics=metrics, tags=tags)
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,345 @@
+"""What Optuna and ASHA are told, read back from the Optuna study on real Tune runs.
+
+A trivial trainable reports a known curve per epoch (and writes what it reported
+to a file); the study is then opened with ``optuna.load_study`` as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from smotune import search
+from smotune.config import SweepConfig
+from smotune.errors import UserError
+
+EPOCHS = 3
+# label smoothing -> behaviour of the trivial trainable; the order is the order of the trials
+GOOD, BAD, MIDDLING, CRASH, NAN = 0.0, 0.5, 0.1, 0.05, 0.07
+
+
+def curve(ls: float, epoch: int) -> float:
+    """The zero-shot top-1 the trivial trainable reports: higher for lower smoothing."""
+    return (1.0 - ls) * epoch / EPOCHS
+
+
+def _sweep(tmp_path: Path, name: str, values: list[float], **search_kw) -> SweepConfig:
+    return SweepConfig.model_validate(
+        {
+            "name": name,
+            "train": {
+                "data": {"train": "x-{0..1}.tar", "zeroshot": "zs"},
+                "epochs": EPOCHS,
+            },
+            "space": {"loss.label_smoothing": {"choice": values}},
+            "search": {"algo": "random", "samples": len(values), "seed": 0, **search_kw},
+            "schedule": {"asha": {"grace": 1, "reduction": 2}},
+            "storage": {"path": str(tmp_path / "runs")},
+        }
+    )
+
+
+TRAINABLE = '''
+import json, math, os, time
+from ray import tune
+
+LOG = os.environ["SMOTUNE_TEST_LOG"]
+EPOCHS = 3
+SLEEP = float(os.environ.get("SMOTUNE_TEST_SLEEP", "0"))
+
+
+def trainable(config):
+    ls = config["loss.label_smoothing"]
+    for epoch in range(1, EPOCHS + 1):
+        time.sleep(SLEEP)
+        if ls == 0.05 and epoch == 2:
+            raise RuntimeError("crash at epoch 2")
+        value = float("nan") if ls == 0.07 else (1.0 - ls) * epoch / EPOCHS
+        with open(LOG, "a") as f:
+            f.write(json.dumps({"trial": tune.get_context().get_trial_id(), "epoch": epoch,
+                                "value": value}) + "\\n")
+        tune.report({"epoch": epoch, "zeroshot_top1": value})
+        if math.isnan(value):
+            return
+'''
+
+
+def _write_trainable(tmp_path: Path) -> Path:
+    module = tmp_path / "trivial_trainable.py"
+    module.write_text(TRAINABLE)
+    return module
+
+
+def _reported(log: Path) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec["trial"], {})[rec["epoch"]] = rec["value"]
+    return out
+
+
+def _enqueue(sweep: SweepConfig, url: str, values: list[float]) -> None:
+    """Fix the order of the trials (the study's own enqueue, which Tune's ask() takes first)."""
+    study = optuna.load_study(study_name=sweep.name, storage=url)
+    for v in values:
+        study.enqueue_trial({"loss.label_smoothing": v})
+
+
+def _tuner(sweep: SweepConfig, trainable, url: str, storage):
+    from ray import tune
+
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        tune_config=tune.TuneConfig(
+            search_alg=search.make_searcher(sweep, storage),
+            scheduler=search.make_scheduler(sweep, url),
+            num_samples=sweep.search.samples,
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=sweep.storage.path, verbose=0
+        ),
+    )
+
+
+SEQUENCE = [GOOD, BAD, MIDDLING, CRASH, NAN]
+
+
+@pytest.mark.ray
+def test_optuna_is_told_every_epoch_and_how_each_trial_ended(ray_cluster, tmp_path, monkeypatch):
+    log = tmp_path / "reported.jsonl"
+    monkeypatch.setenv("SMOTUNE_TEST_LOG", str(log))
+    sys.path.insert(0, str(_write_trainable(tmp_path).parent))
+    try:
+        import trivial_trainable
+    finally:
+        sys.path.pop(0)
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(trivial_trainable)  # Ray's workers cannot import it
+    trainable = trivial_trainable.trainable
+    sweep = _sweep(tmp_path, "told", SEQUENCE)
+    url, storage = search.prepare_study(sweep, resume=False, where="test")
+    assert url == f"sqlite:///{tmp_path}/runs/told/optuna.db"
+    _enqueue(sweep, url, SEQUENCE)
+    grid = _tuner(sweep, trainable, url, storage).fit()
+    epochs_run = {r.metrics["trial_id"]: r.metrics.get("epoch", 0) for r in grid}
+
+    reported = _reported(log)
+    study = optuna.load_study(study_name="told", storage=url)  # as optuna-dashboard opens it
+    trials = study.get_trials()
+    assert len(trials) == len(SEQUENCE)
+    by_ls = {}
+    for t in trials:
+        tune_id = t.user_attrs[search.ATTR_TUNE_TRIAL]
+        sent = reported[tune_id]
+        finite = {e: v for e, v in sent.items() if math.isfinite(v)}
+        # every epoch the trainable reported, the stopping epoch included, and nothing else
+        assert t.intermediate_values == finite, (t.params, sent)
+        assert max(sent) == epochs_run[tune_id]
+        by_ls[t.params["loss.label_smoothing"]] = t
+
+    good = by_ls[GOOD]
+    assert good.state == TrialState.COMPLETE
+    assert good.value == pytest.approx(curve(GOOD, EPOCHS))
+    assert sorted(good.intermediate_values) == [1, 2, 3]
+    # ASHA stopped these two (below the rung's cutoff): PRUNED, with the epochs they ran
+    assert by_ls[BAD].state == TrialState.PRUNED and sorted(by_ls[BAD].intermediate_values) == [1]
+    assert by_ls[MIDDLING].state == TrialState.PRUNED
+    assert sorted(by_ls[MIDDLING].intermediate_values) == [1, 2]
+    # Optuna's own convention: a pruned trial's value is its last intermediate value
+    assert by_ls[BAD].value == pytest.approx(curve(BAD, 1))
+    assert by_ls[MIDDLING].value == pytest.approx(curve(MIDDLING, 2))
+    # an error and a NaN are failures
+    assert by_ls[CRASH].state == TrialState.FAIL and sorted(by_ls[CRASH].intermediate_values) == [1]
+    assert by_ls[NAN].state == TrialState.FAIL and by_ls[NAN].intermediate_values == {}
+
+
+RESUMABLE = '''
+import os, sys
+from ray import tune
+from smotune import search
+from smotune.config import SweepConfig
+from ray import cloudpickle
+sys.path.insert(0, os.path.dirname(__file__))
+import trivial_trainable
+cloudpickle.register_pickle_by_value(trivial_trainable)  # Ray's workers cannot import it
+trainable = trivial_trainable.trainable
+
+sweep = SweepConfig.model_validate_json(open(sys.argv[1]).read())
+path = os.path.join(sweep.storage.path, sweep.name)
+fn = tune.with_resources(trainable, {"cpu": 1})
+if sys.argv[2] == "resume":
+    tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=False)
+else:
+    url = search.storage_url(sweep)
+    storage = search.open_storage(url)
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=search.make_searcher(sweep, storage),
+            scheduler=search.make_scheduler(sweep, url),
+            num_samples=sweep.search.samples,
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage.path, verbose=0),
+    )
+tuner.fit()
+'''
+
+# strong first, then weaker ones: after a resume, ASHA stops them only if it remembers the rungs
+RESUME_SEQUENCE = [GOOD, 0.02, BAD, 0.6, 0.7, 0.8]
+
+
+def _states(url: str, name: str) -> dict[float, tuple[str, list[int]]]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return {
+        t.params["loss.label_smoothing"]: (t.state.name, sorted(t.intermediate_values))
+        for t in study.get_trials()
+        if t.state != TrialState.FAIL
+    }
+
+
+def _run_script(tmp_path: Path, sweep: SweepConfig, mode: str, env: dict, wait: bool = True):
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    cfg = tmp_path / f"{sweep.name}.json"
+    cfg.write_text(sweep.model_dump_json(exclude_none=True))
+    cmd = [sys.executable, str(script), str(cfg), mode]
+    out = (tmp_path / f"{sweep.name}-{mode}.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if wait:
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{sweep.name}-{mode}.log").read_text()
+    return proc
+
+
+@pytest.mark.ray
+def test_asha_stops_the_same_trials_after_a_killed_sweep_is_resumed(ray_cluster, tmp_path):
+    _write_trainable(tmp_path)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "SMOTUNE_TEST_LOG": str(tmp_path / "log.jsonl"),
+        "SMOTUNE_TEST_SLEEP": "1.0",
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",  # Tune saves its experiment state every second
+    }
+    # the same sweep twice: uninterrupted, and killed after its third trial then resumed
+    whole = _sweep(tmp_path, "whole", RESUME_SEQUENCE)
+    url = search.prepare_study(whole, resume=False, where="test")[0]
+    _enqueue(whole, url, RESUME_SEQUENCE)
+    _run_script(tmp_path, whole, "start", env)
+    expected = _states(url, "whole")
+    stopped = {ls for ls, (state, _) in expected.items() if state == "PRUNED"}
+    assert stopped == set(RESUME_SEQUENCE) - {GOOD}, expected
+
+    cut = _sweep(tmp_path, "cut", RESUME_SEQUENCE)
+    cut_url = search.prepare_study(cut, resume=False, where="test")[0]
+    _enqueue(cut, cut_url, RESUME_SEQUENCE)
+    first = _run_script(tmp_path, cut, "start", env, wait=False)
+    study = optuna.load_study(study_name="cut", storage=cut_url)
+    deadline = time.time() + 200
+    while len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) < 3:
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    time.sleep(2.5)  # one more experiment-state save
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    _run_script(tmp_path, cut, "resume", env)
+    assert _states(cut_url, "cut") == expected
+
+
+def test_remote_storage_needs_a_study_storage(tmp_path):
+    sweep = _sweep(tmp_path, "remote", [0.0, 0.1])
+    sweep.storage.path = "s3://bucket/sweeps"
+    with pytest.raises(UserError, match="search.storage"):
+        search.storage_url(sweep)
+    sweep.search.storage = f"sqlite:///{tmp_path}/study.db"
+    assert search.storage_url(sweep) == sweep.search.storage
+    file_uri = _sweep(tmp_path, "f", [0.0, 0.1])
+    file_uri.storage.path = f"file://{tmp_path}/runs"
+    assert search.storage_url(file_uri) == f"sqlite:///{tmp_path}/runs/f/optuna.db"
+
+
+def _finished_study(tmp_path: Path, name: str) -> None:
+    """An earlier sweep's study: one COMPLETE and one PRUNED trial."""
+    sweep = _sweep(tmp_path, name, [0.0, 0.1, 0.2])
+    url = search.prepare_study(sweep, resume=False, where="test")[0]
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    dist = {"loss.label_smoothing": optuna.distributions.CategoricalDistribution([0.0, 0.1, 0.2])}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"loss.label_smoothing": 0.1},
+            distributions=dist,
+            value=0.9,
+            intermediate_values={1: 0.5, 2: 0.9},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"loss.label_smoothing": 0.2},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 0.1},
+        )
+    )
+
+
+def test_warm_start_seeds_a_new_study_with_the_earlier_finished_trials(tmp_path):
+    _finished_study(tmp_path, "first")
+    sweep = _sweep(tmp_path, "second", [0.0, 0.1, 0.2], warm_start="first")
+    url, _ = search.prepare_study(sweep, resume=False, where="second.yaml")
+    trials = optuna.load_study(study_name="second", storage=url).get_trials()
+    assert [(t.state, t.params, t.value) for t in trials] == [
+        (TrialState.COMPLETE, {"loss.label_smoothing": 0.1}, 0.9),
+        (TrialState.PRUNED, {"loss.label_smoothing": 0.2}, None),
+    ]
+    assert trials[0].intermediate_values == {1: 0.5, 2: 0.9}
+    assert trials[1].user_attrs[search.ATTR_WARM_START] == "first#1"
+    # a new sweep on a study that already has trials is refused (it is another sweep's)
+    with pytest.raises(UserError, match="already has 2 trials"):
+        search.prepare_study(sweep, resume=False, where="second.yaml")
+
+
+@pytest.mark.parametrize(
+    ("values", "kw", "message"),
+    [
+        ([0.0, 0.1], {"warm_start": "first"}, "outside this sweep's"),
+        ([0.0, 0.1, 0.2], {"warm_start": "first", "mode": "min"}, "same objective"),
+        ([0.0, 0.1, 0.2], {"warm_start": "nosuch"}, "no earlier sweep 'nosuch'"),
+    ],
+)
+def test_warm_start_from_an_incompatible_study_is_one_line(tmp_path, values, kw, message):
+    _finished_study(tmp_path, "first")
+    sweep = _sweep(tmp_path, "second", values, **kw)
+    with pytest.raises(UserError, match=message) as err:
+        search.prepare_study(sweep, resume=False, where="second.yaml")
+    assert "search.warm_start" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ray_internals_the_searcher_and_asha_rely_on():
+    """A Ray upgrade that renames what the subclasses use fails here, loudly."""
+    import ray
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    assert ray.__version__.startswith("2.60."), "search.py is checked on Ray 2.60 only"
+    searcher = OptunaSearch(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max"
+    )
+    for name in ("_ot_trials", "_ot_study", "_completed_trials"):
+        assert hasattr(searcher, name), name
+    asha = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=9, reduction_factor=3)
+    rungs = asha._brackets[0]._rungs
+    assert [m for m, _ in rungs] == [9, 3, 1] and all(rec == {} for _, rec in rungs)
+    assert asha._metric_op == 1.0
