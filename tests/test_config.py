@@ -107,6 +107,28 @@ def test_valid_sweep_file(tmp_path):
             "exactly one of",
         ),
         (
+            lambda d: d["space"].update({"epochs": {"int": [2, 6]}}),
+            "space.epochs",
+            "cannot be searched",
+        ),
+        (
+            lambda d: d["space"].update({"seed": {"int": [0, 3]}}),
+            "space.seed",
+            "cannot be searched",
+        ),
+        (
+            lambda d: d["schedule"]["asha"].update(metric="zeroshot_top1"),
+            "schedule.asha",
+            "set search.metric",
+        ),
+        (lambda d: d["search"].update(metric="top1"), "search.metric", "engine reports"),
+        (lambda d: d["search"].update(mode="maximize"), "search.mode", "'max' or 'min'"),
+        (
+            lambda d: d["search"].update(confirm={"top": 1, "seeds": 1}),
+            "search.confirm.seeds",
+            "greater than or equal to 2",
+        ),
+        (
             lambda d: d["train"]["data"].update(train="/nonexistent/train-{0..3}.tar"),
             "train.data.train",
             "does not exist",
