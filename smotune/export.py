@@ -164,13 +164,15 @@ def export_best(
     epochs: int | None = None,
     workers: int | None = None,
     address: str = "http://127.0.0.1:8265",
+    note: str | None = None,
 ) -> str:
     """Write the best trial's train config to ``out``; return a text for ``fmt``.
 
     ``yaml``: the path and the best metrics. ``cmd``: a ``ray job submit`` line
     that trains ``out`` on the cluster at ``address``. ``open_clip_train``: the
     equivalent open_clip_train command plus what it cannot express.
-    ``epochs`` / ``workers`` override ``epochs`` / ``workers.num``.
+    ``epochs`` / ``workers`` override ``epochs`` / ``workers.num``. A ``note``
+    (e.g. "from a partial sweep") heads the file as a comment and the returned text.
     """
     if fmt not in FORMATS:
         raise UserError(
@@ -186,7 +188,7 @@ def export_best(
     cfg = apply(swept, overrides, where="command line") if overrides else swept
     path = Path(out)
     try:
-        path.write_text(dump_train(cfg))
+        path.write_text((f"# {note}\n" if note else "") + dump_train(cfg))
     except OSError as err:
         raise UserError(
             str(path), "", f"cannot write ({err.strerror})", "choose another --out"
@@ -204,7 +206,7 @@ def export_best(
             f"± {sweep_info.get('baseline_top1_std', float('nan')):.4g}), "
             f"verdict {sweep_info[tracking.TAG_VERDICT]}"
         )
-    notes = _override_notes(swept, cfg)
+    notes = _override_notes(swept, cfg) + ([note] if note else [])
     if fmt == "yaml":
         return "\n".join([head, *(f"  {n}" for n in notes), f"run it: smotune train {path}"])
     comments = [f"# {head}", *(f"# {n}" for n in notes)]

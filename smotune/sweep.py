@@ -21,6 +21,8 @@ import functools
 import json
 import math
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,24 @@ def _read_record(path: str) -> dict[str, Any] | None:
         return None
 
 
-def _write_record(sweep: SweepConfig, path: str) -> None:
-    fs, root = _fs_path(path)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{SWEEP_RECORD}") as f:
-        f.write(json.dumps(sweep.model_dump(mode="json"), indent=1, sort_keys=True).encode())
+def _write_record(sweep: SweepConfig, path: str, where: str, resume: bool) -> None:
+    """Write the sweep record (a new sweep) or a probe (a resumed one): storage must be writable."""
+    name = f"{SWEEP_RECORD}.probe" if resume else SWEEP_RECORD
+    text = json.dumps(sweep.model_dump(mode="json"), indent=1, sort_keys=True)
+    try:
+        fs, root = _fs_path(path)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{name}") as f:
+            f.write(text.encode())
+        if resume:
+            fs.delete_file(f"{root}/{name}")
+    except (OSError, ValueError) as err:  # pyarrow: OSError and its subclasses; bad URI: ValueError
+        raise UserError(
+            where,
+            "storage.path",
+            f"cannot create or write {path} ({err})".replace("\n", " "),
+            "choose a storage.path you can write to (a local folder, file://, s3://...)",
+        ) from None
 
 
 def _check_unchanged(sweep: SweepConfig, path: str, where: str) -> None:
@@ -124,10 +139,11 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
         )
     if resume:
         _check_unchanged(sweep, path, where)
+    _write_record(sweep, path, where, resume)
     return path
 
 
-def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume: bool):
+def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume, param_space=None):
     """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored."""
     path = f"{trial.storage_uri(sweep.storage.path).rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(path):
@@ -135,11 +151,12 @@ def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume: bo
         return tune.Tuner.restore(path, trainable=_trainable(sweep), resume_errored=False)
     return tune.Tuner(
         _trainable(sweep),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=sweep.search.concurrent,
+            max_concurrent_trials=None if param_space else sweep.search.concurrent,
             time_budget_s=sweep.search.time_budget,
             reuse_actors=False,
         ),
@@ -152,15 +169,27 @@ def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume: bo
     )
 
 
-def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> list[dict]:
-    """Run (or resume) a sweep and its confirm phase; print the summary; return its rows."""
+@dataclass
+class Outcome:
+    """How a sweep ended: its summary rows, and whether it ran to its end."""
+
+    rows: list[dict[str, Any]]
+    finished: bool  # every trial of the search (and of the confirm phase) ended
+    interrupted: bool  # stopped by Ctrl-C / SIGINT before that (not by search.time_budget)
+
+    @property
+    def all_failed(self) -> bool:
+        return bool(self.rows) and all(r["status"] == tracking.FAILED for r in self.rows)
+
+
+def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> Outcome:
+    """Run (or resume) a sweep and its confirm phase; print the summary; say how it ended."""
     where = str(sweep_file)
+    started = time.monotonic()
     path = _check_start(sweep, where, resume)
     study_url, study_storage = search.prepare_study(sweep, resume, where)
     resources = trial.connect(trial_drivers=sweep.search.concurrent)
     trial.check_fits(sweep.train, resources)
-    if not resume:
-        _write_record(sweep, path)
 
     text = Path(sweep_file).read_text()
     parent_tags = {
@@ -176,27 +205,41 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
         tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags),
         resume,
     ).fit()
-    searched = grid.num_terminated + grid.num_errors >= sweep.search.samples
+    finished = _ended(grid, sweep.search.samples)
     parent_id = tracking.sweep_parent_id(sweep.tracking.uri, sweep.experiment, path)
-    outcome = None
-    if sweep.search.confirm is not None and searched:
-        outcome = _confirm(sweep, text, study_storage, parent_id, resume)
-    elif sweep.search.confirm is not None:
-        print("the search ended early (interrupted or out of time): no confirm phase, no verdict")
+    confirmed = None
+    if sweep.search.confirm is not None and finished:
+        confirmed = _confirm(sweep, text, study_storage, parent_id, resume)
+        finished = confirmed is not None
+    budget = sweep.search.time_budget
+    interrupted = not finished and not (budget and time.monotonic() - started >= budget)
     rows = tracking.sweep_summary(sweep, parent_id)
     print(format_summary([r for r in rows if r["phase"] == tracking.PHASE_SEARCH], sweep))
-    if outcome is not None:
-        groups, verdict = outcome
+    if confirmed is not None:
+        groups, verdict = confirmed
         print(confirm.format_table(groups, sweep.search.metric))
         print(verdict.words(sweep.search.metric))
-    print(_where_to_look(sweep))
-    return rows
+    partial = None
+    if not finished:
+        why = "interrupted" if interrupted else "out of search.time_budget"
+        partial = f"from a partial sweep ({why}): `smotune sweep {sweep_file} --resume` finishes it"
+        print(f"the sweep ended early ({why}): no verdict; resume it with --resume")
+    print(_where_to_look(sweep, partial))
+    return Outcome(rows, finished, interrupted)
+
+
+def _ended(grid: Any, expected: int) -> bool:
+    """Whether every trial a Tuner was to run has ended (finished or failed)."""
+    return grid.num_terminated + grid.num_errors >= expected
 
 
 def _confirm(
     sweep: SweepConfig, text: str, study_storage: Any, parent_id: str, resume: bool
-) -> tuple[list[confirm.Group], confirm.Verdict]:
-    """Re-run the baseline and the top configs over new seeds; log and return the verdict."""
+) -> tuple[list[confirm.Group], confirm.Verdict] | None:
+    """Re-run the baseline and the top configs over new seeds; log and return the verdict.
+
+    None if the confirm phase was interrupted before all its runs ended.
+    """
     groups = confirm.choose_groups(sweep, study_storage)
     points = confirm.points(groups, confirm.seeds(sweep))
     callback = tracking.MlflowSweepCallback(
@@ -214,7 +257,10 @@ def _confirm(
         len(points),
         callback,
         resume,
+        param_space=dict.fromkeys(points[0]),  # the keys the preset points fill in
     ).fit()
+    if not _ended(results, len(points)):
+        return None
     finished = [(r.config, r.metrics or {}) for r in results if r.error is None]
     confirm.collect(groups, finished, sweep)
     verdict = confirm.verdict(groups, sweep.search.mode)
@@ -234,12 +280,13 @@ def _label(groups: list[confirm.Group], config: dict[str, Any]) -> str:
     return group.label if group is not None else "unknown"
 
 
-def _where_to_look(sweep: SweepConfig) -> str:
+def _where_to_look(sweep: SweepConfig, partial: str | None) -> str:
+    """Write best.yaml (marked when the sweep is partial) and say where to look."""
     from smotune.export import export_best
 
     uri = sweep.tracking.uri
     try:
-        best = export_best(sweep.experiment, tracking_uri=uri, out="best.yaml")
+        best = export_best(sweep.experiment, tracking_uri=uri, out="best.yaml", note=partial)
     except UserError as err:
         best = f"no best.yaml: {err}"
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"

@@ -81,7 +81,9 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     confirm = {"top": 1, "seeds": 2}
     path = _sweep_file(tmp_path, synth_data, "e2e", samples, seed, confirm=confirm)
     cfg = config.load_sweep(path)
-    rows = sweep.run_sweep(cfg, path)
+    outcome = sweep.run_sweep(cfg, path)
+    assert outcome.finished and not outcome.interrupted and not outcome.all_failed
+    rows = outcome.rows
     out = capsys.readouterr().out
     search_rows = [r for r in rows if r["phase"] == "search"]
 
