@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = apply(cfg, overrides, where="command line")
     from smotune.trial import run_train
 
-    run_train(cfg, storage=args.storage, name=args.name)
+    run_train(cfg, storage=args.storage, name=args.name, config_file=args.config)
     return 0
 
 
@@ -83,10 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_data_synth)
 
-    train = sub.add_parser("train", help="run one train config as a Ray Train job")
+    train = sub.add_parser(
+        "train",
+        help="run one train config as a Ray Train job",
+        description="Run one train config as a Ray Train job. A run is its config: the config "
+        "(after --epochs/--workers) is stored as <storage>/<name>/smotune-train.json, "
+        "rerunning the same config resumes the run from its last checkpoint, and another "
+        "config under an existing --name is refused (a run cannot be extended to more epochs: "
+        "its lr schedule spans them). Each checkpoint holds the config it was trained with "
+        "(train.yaml, local data paths absolute).",
+    )
     train.add_argument("config")
     train.add_argument("--storage", default="runs", help="checkpoint storage (path or URI)")
-    train.add_argument("--name", default=None, help="run name (default: the config's stem)")
+    train.add_argument(
+        "--name",
+        default=None,
+        help="run name (default: <config file stem>-<first 8 hex digits of the sha256 of "
+        'json.dumps(train_config.model_dump(mode="json"), sort_keys=True)>, the train config '
+        "after --epochs/--workers, data paths as written)",
+    )
     train.add_argument("--epochs", type=int, default=None, help="override epochs")
     train.add_argument("--workers", type=int, default=None, help="override workers.num")
     train.set_defaults(func=_train)

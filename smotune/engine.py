@@ -5,8 +5,9 @@ PyTorch with a few ``ray.train`` calls: it builds the open_clip model, the
 label-smoothed loss, AdamW and the webdataset loader from one train config,
 trains ``epochs`` epochs of a fixed number of steps, evaluates zero-shot
 accuracy on rank 0 after each epoch and reports the metrics of DESIGN.md with
-an open_clip-loadable checkpoint. When Ray restarts the run it resumes from
-the latest checkpoint. It knows nothing of Tune.
+a checkpoint: an open_clip-loadable ``model.pt``, the training state and the
+train config it was trained with (``train.yaml``). When Ray restarts the run
+it resumes from the latest checkpoint. It knows nothing of Tune.
 
 Every rank runs exactly ``steps_per_epoch`` steps per epoch: the loader reads
 the rank's shards round after round (reseeded per round) and stops there, so
@@ -31,13 +32,14 @@ import torch.distributed as dist
 
 from smotune import loss as loss_mod
 from smotune import model as model_mod
-from smotune.config import TrainConfig
+from smotune.config import TrainConfig, dump_train
 from smotune.data import shards, zeroshot
 from smotune.errors import UserError
 from smotune.evaluate import zero_shot
 
-MODEL_FILE = "model.pt"
-STATE_FILE = "train_state.pt"
+MODEL_FILE = "model.pt"  # open_clip-loadable state dict
+STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
+CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
 NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale")  # open_clip_train's exclude rule
 
 
@@ -146,8 +148,12 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
     return t.tolist()
 
 
-def _save_checkpoint(tmp: Path, model, optimizer, scaler, metrics: dict[str, Any]) -> None:
+def _save_checkpoint(
+    tmp: Path, model, optimizer, scaler, metrics: dict[str, Any], cfg: TrainConfig
+) -> None:
+    """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``)."""
     model_mod.save_checkpoint(model, tmp / MODEL_FILE)
+    (tmp / CONFIG_FILE).write_text(dump_train(cfg))
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -326,7 +332,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                         runtime.autocast_dtype,
                     )
                 )
-                _save_checkpoint(Path(tmp), model, optimizer, scaler, metrics)
+                _save_checkpoint(Path(tmp), model, optimizer, scaler, metrics, cfg)
                 print(epoch_line(metrics, cfg.epochs), flush=True)
                 report_ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=report_ckpt)

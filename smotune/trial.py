@@ -8,10 +8,18 @@ itself asks for no CPU, only one unit of the custom ``trial_driver``
 resource; the Train workers alone ask for CPUs and GPUs (see FIELD-NOTES:
 this is what keeps a 2-core machine from deadlocking). ``smotune train``
 runs the very same trainer without Tune. This module knows nothing of MLflow.
+
+A run is its config. Ray Train loads whatever snapshot a run name has in
+storage, whatever the config, so ``run_train`` names a run after its config
+(``<config file stem>-<first 8 hex digits of the sha256 of the config's JSON>``),
+keeps that config beside the run (``<storage>/<name>/smotune-train.json``) and
+resumes a run only when the config given equals the stored one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -22,12 +30,14 @@ from typing import Any
 from ray.tune import Callback
 
 from smotune import engine
-from smotune.config import TrainConfig, absolute_paths
+from smotune.config import TrainConfig, absolute_paths, flatten
 from smotune.errors import UserError
 from smotune.space import apply
 
 TRIAL_DRIVER = "trial_driver"
 TRIAL_RESOURCES = {"cpu": 0, TRIAL_DRIVER: 1}
+RUN_CONFIG_FILE = "smotune-train.json"  # beside Ray Train's files in <storage>/<name>/
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # what makes Ray Train resume a run
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +144,141 @@ def build_trainer(
     )
 
 
-def run_train(cfg: TrainConfig, storage: str = "runs", name: str | None = None) -> dict[str, Any]:
-    """``smotune train``: one run on the local Ray (or RAY_ADDRESS); resumes a run of the same name.
+def config_json(cfg: TrainConfig) -> str:
+    """The canonical JSON of a train config: ``json.dumps(model_dump(mode="json"), sort_keys)``."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
 
-    Returns the final metrics with the checkpoint path under ``checkpoint``.
+
+def default_run_name(cfg: TrainConfig, config_file: str | None = None) -> str:
+    """``<config file stem>-<first 8 hex digits of sha256(config_json(cfg))>``; stem ``train``
+    without a file. Different configs get different runs, the same config the same run."""
+    stem = Path(config_file).stem if config_file else "train"
+    return f"{stem}-{hashlib.sha256(config_json(cfg).encode()).hexdigest()[:8]}"
+
+
+def _run_dir(storage: str, name: str):
+    """The filesystem (pyarrow, so s3:// and other URIs work) and path of a run's directory."""
+    import pyarrow.fs
+
+    uri = storage_uri(storage)
+    try:
+        fs, base = pyarrow.fs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            "--storage",
+            "",
+            f"cannot open {uri}: {str(err).splitlines()[0]}",
+            "give a local path or a URI that pyarrow opens (file://, s3://, gs://)",
+        ) from None
+    return fs, f"{base.rstrip('/')}/{name}"
+
+
+def _differences(given: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """The dotted paths whose values differ, in config order."""
+    flat_given, flat_stored = flatten(given), flatten(stored)
+    paths = list(flat_given) + [k for k in flat_stored if k not in flat_given]
+    missing = object()
+    return [k for k in paths if flat_given.get(k, missing) != flat_stored.get(k, missing)]
+
+
+def check_run(
+    cfg: TrainConfig, storage: str, name: str, where: str, default: str | None = None
+) -> bool:
+    """Whether ``storage/name`` holds a run of exactly ``cfg`` (True: ``fit`` resumes it).
+
+    A run started with another config, or one that Ray Train would resume but whose
+    config was never stored, is a :class:`UserError` naming the differing paths.
     """
-    cfg = absolute_paths(cfg)
-    check_fits(cfg, connect())
-    name = name or "train"
-    result = build_trainer(cfg, storage, name).fit()
+    import pyarrow.fs
+
+    fs, run_dir = _run_dir(storage, name)
+    stored_file = f"{run_dir}/{RUN_CONFIG_FILE}"
+    try:
+        if fs.get_file_info(stored_file).type == pyarrow.fs.FileType.NotFound:
+            snapshot = fs.get_file_info(f"{run_dir}/{RAY_SNAPSHOT_FILE}")
+            if snapshot.type == pyarrow.fs.FileType.NotFound:
+                return False
+            raise UserError(
+                where,
+                "--name",
+                f"run {name} in {storage_uri(storage)} holds checkpoints but no "
+                f"{RUN_CONFIG_FILE}, so its config is unknown and Ray would resume it as it is",
+                "pass another --name, or delete that run directory",
+            )
+        with fs.open_input_stream(stored_file) as f:
+            stored = json.loads(f.read().decode())
+    except OSError as err:
+        raise UserError(
+            "--storage", "", f"cannot read {stored_file}: {err}", "check the storage and access"
+        ) from None
+    given = json.loads(config_json(cfg))
+    diff = _differences(given, stored)
+    if not diff:
+        return True
+    first = diff[0]
+    shown = ", ".join(diff[:3]) + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
+    other = f"omit --name to train this config as its own run {default}, or " if default else ""
+    why = (
+        " (a run's lr schedule spans its epochs, so a run cannot be extended)"
+        if "epochs" in diff
+        else ""
+    )
+    raise UserError(
+        where,
+        shown,
+        f"{'differs' if len(diff) == 1 else 'differ'} from the config run {name} in "
+        f"{storage_uri(storage)} was started with "
+        f"({first}: {flatten(stored).get(first)!r} there, {flatten(given).get(first)!r} here)"
+        + why,
+        f"{other}pass a new --name",
+    )
+
+
+def record_run(cfg: TrainConfig, storage: str, name: str) -> str:
+    """Store ``cfg`` as the config of run ``storage/name``; returns the file's path."""
+    fs, run_dir = _run_dir(storage, name)
+    path = f"{run_dir}/{RUN_CONFIG_FILE}"
+    try:
+        fs.create_dir(run_dir, recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(json.loads(config_json(cfg)), indent=2, sort_keys=True).encode())
+    except OSError as err:
+        raise UserError(
+            "--storage", "", f"cannot write {path}: {err}", "check the storage and access"
+        ) from None
+    return path
+
+
+def run_train(
+    cfg: TrainConfig,
+    storage: str = "runs",
+    name: str | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
+    """``smotune train``: one run of ``cfg`` on the local Ray (or RAY_ADDRESS).
+
+    ``cfg`` is the config as given (after command-line overrides, data paths as
+    written); it names the run (default: :func:`default_run_name`) and is stored
+    beside it. A run of the same name and config resumes from its last checkpoint
+    (a finished one trains nothing and reports its end again); the same name with
+    another config is a :class:`UserError`, raised before Ray is touched.
+    Returns the final metrics, the checkpoint path under ``checkpoint`` and the run
+    name under ``run``.
+    """
+    where = config_file or "config"
+    default = default_run_name(cfg, config_file)
+    name = name or default
+    resume = check_run(cfg, storage, name, where, default if name != default else None)
+    run_cfg = absolute_paths(cfg)
+    check_fits(run_cfg, connect())
+    if not resume:
+        record_run(cfg, storage, name)
+    state = "same config as stored: resuming" if resume else "new run"
+    print(f"run {name} in {storage_uri(storage)} ({state})", flush=True)
+    result = build_trainer(run_cfg, storage, name).fit()
     final = dict(result.metrics or {})
     final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    final["run"] = name
     print(
         "final: "
         + "  ".join(

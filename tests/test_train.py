@@ -1,15 +1,27 @@
-"""One CLIP run on Ray Train: 2 DDP CPU workers learn; open_clip loads the checkpoint; resume."""
+"""One CLIP run on Ray Train: 2 DDP CPU workers learn; open_clip loads the checkpoint; a run is
+its config (named after it, resumed only with it, its checkpoints carrying it)."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+import yaml
 
-from smotune import engine, trial
+from smotune import cli, engine, trial
 from smotune import model as model_mod
 from smotune.config import TrainConfig
 from smotune.data import zeroshot
+from smotune.errors import UserError
 from smotune.evaluate import zero_shot
 
 pytestmark = pytest.mark.ray
@@ -40,6 +52,16 @@ def _initial_top1(cfg: TrainConfig) -> float:
     return zero_shot(model, tok, evalset, torch.device("cpu"))["zeroshot_top1"]
 
 
+def _checkpoint_config(checkpoint: str) -> TrainConfig:
+    return TrainConfig.model_validate(
+        yaml.safe_load((Path(checkpoint) / engine.CONFIG_FILE).read_text())
+    )
+
+
+def _checkpoints(storage: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (storage / name).glob("checkpoint_*") if p.is_dir())
+
+
 def test_two_workers_learn_and_resume(ray_cluster, synth_data, tmp_path):
     storage = str(tmp_path / "runs")
     two = trial.run_train(_cfg(synth_data, epochs=2), storage=storage, name="run")
@@ -62,7 +84,148 @@ def test_two_workers_learn_and_resume(ray_cluster, synth_data, tmp_path):
     again = zero_shot(loaded, model_mod.tokenizer("tiny-vit"), evalset, torch.device("cpu"))
     assert again["zeroshot_top1"] == pytest.approx(two["zeroshot_top1"])
 
-    # Same name, one more epoch: Ray Train finds the checkpoint; the run goes on at epoch 3.
-    three = trial.run_train(_cfg(synth_data, epochs=3), storage=storage, name="run")
-    assert three["epoch"] == 3 and three["step"] == 3 * steps
-    assert three["checkpoint"] != two["checkpoint"]
+    # The checkpoint carries the train config it was trained with.
+    assert _checkpoint_config(two["checkpoint"]) == _cfg(synth_data, 2)
+
+    # Same name, one more epoch: refused before Ray works (the cosine spans the 2 epochs run).
+    with pytest.raises(UserError, match=r"config: epochs: differs .* \(epochs: 2 there, 3 here\)"):
+        trial.run_train(_cfg(synth_data, epochs=3), storage=storage, name="run")
+    assert _checkpoints(tmp_path / "runs", "run") == [Path(two["checkpoint"]).name]
+
+
+def _small(synth_data, lr: float, smoothing: float) -> dict:
+    """A train config small enough to run in seconds (as a dict, to write as YAML)."""
+    return {
+        "model": {"arch": "tiny-vit"},
+        "data": {
+            "train": str(synth_data / "train-{0000..0003}.tar"),
+            "zeroshot": str(synth_data / "zeroshot"),
+            "samples_per_epoch": 128,
+            "loader_workers": 0,
+        },
+        "loss": {"label_smoothing": smoothing},
+        "optim": {"lr": lr, "warmup_steps": 1, "batch_size": 64},
+        "epochs": 1,
+        "workers": {"num": 2, "cpus": 1},
+        "eval": {"max_samples": 96},
+    }
+
+
+def test_default_run_name_is_config_stem_and_config_hash():
+    cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, epochs=2)
+    digest = hashlib.sha256(
+        json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+    assert trial.default_run_name(cfg, "configs/best.yaml") == f"best-{digest[:8]}"
+    assert trial.default_run_name(cfg) == f"train-{digest[:8]}"
+    longer = cfg.model_copy(update={"epochs": 3})
+    assert trial.default_run_name(longer, "best.yaml") != trial.default_run_name(cfg, "best.yaml")
+    # and `smotune train --help` says so
+    train_parser = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    name_help = next(a.help for a in train_parser._actions if "--name" in a.option_strings)
+    assert "<config file stem>-<first 8 hex digits of the sha256 of" in name_help
+    assert 'json.dumps(train_config.model_dump(mode="json"), sort_keys=True)' in name_help
+
+
+def test_run_config_is_stored_with_pyarrow_and_compared(tmp_path):
+    """The stored config round-trips through a URI (file:// here, s3:// alike); a run that
+    Ray would resume but whose config was never stored is refused, not guessed."""
+    cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, epochs=2)
+    storage = f"file://{tmp_path}/runs"
+    assert trial.check_run(cfg, storage, "r", "c.yaml") is False
+    trial.record_run(cfg, storage, "r")
+    stored = json.loads((tmp_path / "runs" / "r" / trial.RUN_CONFIG_FILE).read_text())
+    assert stored == cfg.model_dump(mode="json")
+    assert trial.check_run(cfg, storage, "r", "c.yaml") is True
+    other = cfg.model_copy(update={"seed": 3})
+    with pytest.raises(UserError, match=r"^c.yaml: seed: differs .* \(seed: 0 there, 3 here\)"):
+        trial.check_run(other, storage, "r", "c.yaml")
+
+    legacy = tmp_path / "runs" / "old"
+    legacy.mkdir()
+    (legacy / trial.RAY_SNAPSHOT_FILE).write_text("{}")
+    with pytest.raises(UserError, match=f"--name: run old .* no {trial.RUN_CONFIG_FILE}"):
+        trial.check_run(cfg, storage, "old", "c.yaml")
+
+
+def test_a_run_is_its_config(ray_cluster, synth_data, tmp_path, capsys):
+    storage = tmp_path / "runs"
+    a_yaml, b_yaml = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a_yaml.write_text(yaml.safe_dump(_small(synth_data, lr=1e-3, smoothing=0.0)))
+    b_yaml.write_text(yaml.safe_dump(_small(synth_data, lr=3e-3, smoothing=0.2)))
+    a_cfg = TrainConfig.model_validate(yaml.safe_load(a_yaml.read_text()))
+    b_cfg = TrainConfig.model_validate(yaml.safe_load(b_yaml.read_text()))
+    a_name = trial.default_run_name(a_cfg, str(a_yaml))
+    b_name = trial.default_run_name(b_cfg, str(b_yaml))
+    assert a_name.startswith("a-") and b_name.startswith("b-")
+
+    t0 = time.perf_counter()
+    a = trial.run_train(a_cfg, storage=str(storage), config_file=str(a_yaml))
+    t1 = time.perf_counter()
+    assert a["run"] == a_name and a["epoch"] == 1 and a["step"] == 2
+    a_files = sorted(p.name for p in (storage / a_name).rglob("*"))
+
+    # B under A's name, as a user would type it: one line, exit 2, before any Ray work (the
+    # RAY_ADDRESS points at a closed port: reaching ray.init would fail otherwise)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_ADDRESS"] = f"127.0.0.1:{closed}"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "smotune", "train", str(b_yaml), "--storage", str(storage)]
+            + ["--name", a_name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"not refused before Ray: still waiting for {env['RAY_ADDRESS']}"
+        ) from err
+    t2 = time.perf_counter()
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"smotune: {b_yaml}: loss.label_smoothing, optim.lr: differ from")
+    assert "(loss.label_smoothing: 0.0 there, 0.2 here)" in lines[0]
+    assert f"omit --name to train this config as its own run {b_name}" in lines[0]
+
+    # More epochs for A under A's name: refused too (the name hashes the config after
+    # --epochs, and a run cannot be extended); one line, exit 2
+    capsys.readouterr()
+    rc = cli.main(
+        ["train", str(a_yaml), "--storage", str(storage), "--name", a_name, "--epochs", "2"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"smotune: {a_yaml}: epochs: differs" in err and "cannot be extended" in err
+    assert sorted(p.name for p in (storage / a_name).rglob("*")) == a_files  # A untouched
+
+    # B on its own: a run of its own, with its own name, checkpoint and metrics
+    t3 = time.perf_counter()
+    b = trial.run_train(b_cfg, storage=str(storage), config_file=str(b_yaml))
+    t4 = time.perf_counter()
+    assert b["run"] == b_name and b["epoch"] == 1 and b["step"] == 2
+    assert b["checkpoint"] != a["checkpoint"]
+    assert Path(b["checkpoint"]).is_relative_to(storage / b_name)
+    assert b["train_loss"] != a["train_loss"]
+    # each run stores its config, and each checkpoint the config it was trained with
+    for final, cfg in ((a, a_cfg), (b, b_cfg)):
+        stored = json.loads((storage / final["run"] / trial.RUN_CONFIG_FILE).read_text())
+        assert stored == cfg.model_dump(mode="json")
+        assert _checkpoint_config(final["checkpoint"]) == cfg
+        assert open_clip.create_model("tiny-vit", pretrained=f"{final['checkpoint']}/model.pt")
+
+    # A again: the same run resumes; finished, it trains nothing and ends as before
+    capsys.readouterr()
+    again = trial.run_train(a_cfg, storage=str(storage), config_file=str(a_yaml))
+    t5 = time.perf_counter()
+    assert f"run {a_name} in {storage} (same config as stored: resuming)" in capsys.readouterr().out
+    assert again == a
+    assert _checkpoints(storage, a_name) == [Path(a["checkpoint"]).name]
+    print(
+        f"\nrun A {t1 - t0:.1f} s, B under A's name refused (subprocess) {t2 - t1:.1f} s, "
+        f"run B {t4 - t3:.1f} s, A again (resumed) {t5 - t4:.1f} s"
+    )
