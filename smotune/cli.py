@@ -70,6 +70,12 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from smotune.tracking import sync
+
+    return 0 if sync(args.journal, tracking_uri=args.tracking_uri, timeout=args.timeout) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smotune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--workers", type=int, default=None, help="workers of the full run")
     best.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address")
     best.set_defaults(func=_best)
+
+    sync = sub.add_parser("sync", help="write to MLflow what a sweep's tracking journal kept")
+    sync.add_argument("journal", help="the mlflow-journal.jsonl the sweep named (or its folder)")
+    sync.add_argument("--tracking-uri", default=None, help="default: the URI the sweep used")
+    sync.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying")
+    sync.set_defaults(func=_sync)
     return parser
 
 

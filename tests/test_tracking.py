@@ -1,8 +1,10 @@
 """MLflow logging of a sweep: a real Tune run on the local Ray, a real sqlite store and a real
-`mlflow server`; resume re-attachment; tracking URI checks."""
+`mlflow server`; resume re-attachment; tracking URI checks; the journal (a dead store, a
+replay, a killed writer and `smotune sync`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -19,9 +21,11 @@ import pytest
 import yaml
 from ray.tune.experiment import Trial
 
-from smotune import tracking
+from smotune import cli, tracking
 from smotune.config import SweepConfig, dump_train
 from smotune.errors import UserError
+from smotune.tracking.journal import live
+from smotune.tracking.writer import close_journal
 
 EPOCHS = 3
 # label smoothing -> expected status; the trainable scores lower smoothing higher, runs the
@@ -196,7 +200,7 @@ def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSw
     row = rows[best.data.tags["trial_id"]]
     assert row["status"] == "completed" and row["epochs_run"] == 3
     assert row["params"] == {"loss.label_smoothing": 0.0}
-    assert row["zeroshot_top1"] == pytest.approx(0.53)
+    assert row["value"] == pytest.approx(0.53)
 
 
 @pytest.mark.ray
@@ -255,7 +259,8 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.mark.ray
-def test_tune_sweep_logged_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
+def test_tune_sweep_logged_to_mlflow_server(ray_cluster, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the sweep's journal: runs/<name>/ under the cwd
     tracking.check_tracking(mlflow_server, experiment="tsweep-http")
     sweep, text = make_sweep(mlflow_server, name="tsweep-http")
     callback = run_tune(sweep, text, tmp_path / "ray", list(GRID))
@@ -281,8 +286,9 @@ def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
     first.setup()
     first.on_trial_start(0, [a], a)
     first.on_trial_result(0, [a], a, epoch_result(0.1, 1))
+    assert first.flush(30)
     state = pickle.loads(pickle.dumps(first.get_state()))
-    # b starts after the state was saved: the restored callback must find its run by tag
+    # b starts after the state was saved: the restored callback finds its run in the journal
     first.on_trial_start(0, [a, b], b)
     first.on_trial_result(0, [a, b], b, epoch_result(0.2, 1))
     first.on_experiment_end([a, b])  # the interrupted sweep: both runs end KILLED
@@ -298,6 +304,7 @@ def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
     assert second.parent_run_id == first.parent_run_id
     for t in (a, b):
         second.on_trial_start(0, [a, b], t)
+    assert second.flush(30)
     _, parents, children = runs_of(uri, sweep.experiment)
     assert [p.info.status for p in parents] == ["RUNNING"]
     assert {c.info.status for c in children} == {"RUNNING"}
@@ -305,6 +312,8 @@ def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
     for epoch in (2, 3):
         second.on_trial_result(0, [a, b], a, epoch_result(0.1, epoch))
     second.on_trial_complete(0, [a, b], a)
+    # b resumed from no checkpoint: it re-reports epoch 1, which MLflow already holds
+    second.on_trial_result(0, [a, b], b, {**epoch_result(0.2, 1), "zeroshot_top1": 0.99})
     second.on_trial_result(0, [a, b], b, epoch_result(0.2, 2))
     second.on_trial_complete(0, [a, b], b)
     second.on_experiment_end([a, b])
@@ -316,9 +325,23 @@ def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
     assert by_id["bbbb0002"].data.tags["status"] == "early_stopped"
     history = client.get_metric_history(by_id["aaaa0001"].info.run_id, "zeroshot_top1")
     assert [m.step for m in history] == [1, 2, 3]
+    history = client.get_metric_history(by_id["bbbb0002"].info.run_id, "zeroshot_top1")
+    assert [(m.step, m.value) for m in history] == [(1, 0.31), (2, 0.32)]
     assert parents[0].data.tags["best_trial"] == "aaaa0001"
     assert {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
+
+    # a resume whose journal is lost (e.g. kept on another machine) still finds the runs:
+    # the parent from Tune's saved state, b by its trial_id tag under the parent
+    third = tracking.MlflowSweepCallback(sweep, text, journal=tmp_path / "other.jsonl")
+    third.set_state(state)
+    for t in (a, b):
+        third.on_trial_start(0, [a, b], t)
+        third.on_trial_complete(0, [a, b], t)
+    third.on_experiment_end([a, b])
+    _, parents, children = runs_of(uri, sweep.experiment)
+    assert len(parents) == 1 and len(children) == 2
+    assert third.parent_run_id == first.parent_run_id
 
 
 @pytest.mark.ray
@@ -351,6 +374,7 @@ def test_tuner_restore_reattaches(ray_cluster, sqlite_uri, tmp_path, monkeypatch
 
 def test_check_tracking_dead_http_port():
     uri = f"http://127.0.0.1:{free_port()}"
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # a journal writer may have set it
     start = time.monotonic()
     with pytest.raises(UserError) as err:
         tracking.check_tracking(uri)
@@ -360,7 +384,7 @@ def test_check_tracking_dead_http_port():
     assert (
         f"cannot reach the MLflow server at {uri}" in message and "mlflow server" in err.value.fix
     )
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == before
 
 
 def test_check_tracking_bad_scheme():
@@ -389,3 +413,146 @@ def test_check_tracking_hides_password():
     with pytest.raises(UserError) as err:
         tracking.check_tracking(uri)
     assert "s3cret" not in str(err.value) and "user:***@127.0.0.1" in str(err.value)
+
+
+# -- the journal: a store that is down, refusing or killed mid-write loses nothing
+
+
+def log_trials(callback, trials: list[tuple[Trial, float]], end: bool = True) -> None:
+    """Drive the callback as Tune would: each trial runs its epochs and completes."""
+    done: list[Trial] = []
+    for t, smoothing in trials:
+        done.append(t)
+        callback.on_trial_start(0, done, t)
+        for epoch in range(1, EPOCHS + 1):
+            callback.on_trial_result(0, done, t, epoch_result(smoothing, epoch))
+        callback.on_trial_complete(0, done, t)
+    if end:
+        callback.on_experiment_end(done)
+
+
+def tracking_line(out: str) -> str:
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("tracking:")]
+    return line
+
+
+def check_written(uri: str, experiment: str, trial_ids: list[str]) -> None:
+    """Every trial's run holds each epoch once; nothing is RUNNING; the best is marked."""
+    client, parents, children = runs_of(uri, experiment)
+    assert len(parents) == 1 and sorted(c.data.tags["trial_id"] for c in children) == trial_ids
+    for run in [*parents, *children]:
+        assert run.info.status == "FINISHED", run.data.tags
+    for child in children:
+        assert child.data.tags["status"] == "completed"
+        for key in ("zeroshot_top1", "epoch", "train_loss"):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [m.step for m in history] == [1, 2, 3], (key, history)
+    assert parents[0].data.tags["best_trial"] == "bbbb0002"
+
+
+def test_dead_store_never_holds_up_the_hooks(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SMOTUNE_TRACKING_DRAIN_S", "1")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    sweep, text = make_sweep(uri)
+    callback = tracking.MlflowSweepCallback(sweep, text)
+    start = time.monotonic()
+    log_trials(callback, [(trial("aaaa0001", 0.1), 0.1)], end=False)
+    assert time.monotonic() - start < 5
+    callback.on_experiment_end([])
+    assert time.monotonic() - start < 10
+    path = tracking.sweep_journal_path(sweep)
+    assert tracking_line(capsys.readouterr().out) == (
+        f"tracking: 7 writes not yet written (store unreachable): run `smotune sync {path}`"
+    )
+    try:
+        # the sweep's last steps read what the journal knows, and refuse to export from MLflow
+        rows = tracking.sweep_summary(sweep)
+        assert [(r["trial_id"], r["status"], r["epochs_run"], r["value"]) for r in rows] == [
+            ("aaaa0001", "completed", 3, 0.43)
+        ]
+        parent = tracking.sweep_parent_id(uri, sweep.experiment, str(path.parent))
+        assert parent.startswith("sweep-") and callback.parent_run_id is None  # its journal key
+        with pytest.raises(UserError, match=f"7 MLflow writes .* not yet written.*sync {path}"):
+            tracking.check_tracking(uri, existing=True)
+        assert cli.main(["sync", str(path), "--timeout", "1"]) == 1
+        assert "7 writes not yet written" in tracking_line(capsys.readouterr().out)
+    finally:
+        close_journal(live(path))
+
+
+def test_journal_replays_exactly_once(sqlite_uri, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep, text = make_sweep(sqlite_uri)
+    callback = tracking.MlflowSweepCallback(sweep, text)
+    log_trials(callback, [(trial("aaaa0001", 0.1), 0.1), (trial("bbbb0002", 0.0), 0.0)])
+    assert tracking_line(capsys.readouterr().out) == "tracking: 0 writes delayed, all written"
+    path = tracking.sweep_journal_path(sweep)
+    close_journal(live(path))
+    assert cli.main(["sync", str(path)]) == 0  # nothing is written twice
+    assert tracking_line(capsys.readouterr().out) == "tracking: 0 writes delayed, all written"
+
+    # a writer killed after its last 5 writes, before it marked them: they are written again,
+    # and writing them again changes nothing
+    lines = path.read_text().splitlines()
+    marks = [i for i, ln in enumerate(lines) if json.loads(ln)["t"] == "done"]
+    path.write_text("\n".join(ln for i, ln in enumerate(lines) if i not in marks[-5:]) + "\n")
+    assert cli.main(["sync", str(path.parent)]) == 0
+    assert tracking_line(capsys.readouterr().out) == "tracking: 5 writes delayed, all written"
+    check_written(sqlite_uri, sweep.experiment, ["aaaa0001", "bbbb0002"])
+    client, parents, _ = runs_of(sqlite_uri, sweep.experiment)
+    assert len(client.get_metric_history(parents[0].info.run_id, "best_zeroshot_top1")) == 1
+
+
+KILLED_WRITER = """
+import sqlite3, sys, time
+sys.path.insert(0, {tests!r})
+from test_tracking import log_trials, make_sweep, trial
+from smotune import tracking
+
+sweep, text = make_sweep({uri!r})
+callback = tracking.MlflowSweepCallback(sweep, text)
+a, b = trial("aaaa0001", 0.1), trial("bbbb0002", 0.0)
+log_trials(callback, [(a, 0.1)], end=False)
+assert callback.flush(120)
+lock = sqlite3.connect({db!r})
+lock.execute("BEGIN EXCLUSIVE")  # the store now refuses every write
+log_trials(callback, [(b, 0.0)], end=False)
+callback.on_experiment_end([a, b])
+time.sleep(600)
+"""
+
+
+def test_killed_writer_leaves_a_journal_sync_completes(sqlite_uri, tmp_path, capsys):
+    sweep, _ = make_sweep(sqlite_uri)
+    db = sqlite_uri.removeprefix("sqlite:///")
+    script = KILLED_WRITER.format(tests=str(Path(__file__).parent), uri=sqlite_uri, db=db)
+    env = {**os.environ, "SMOTUNE_TRACKING_DRAIN_S": "2"}
+    log = tmp_path / "writer.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=out, stderr=out
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while "tracking:" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+        finally:
+            proc.kill()
+            proc.wait()
+    path = tmp_path / "runs" / sweep.name / tracking.JOURNAL_FILE
+    assert tracking_line(log.read_text()) == (  # b's start, 3 epochs and end; the sweep's end
+        f"tracking: 6 writes not yet written (store unreachable): run `smotune sync {path}`"
+    )
+    assert cli.main(["sync", str(path)]) == 0
+    assert tracking_line(capsys.readouterr().out) == "tracking: 6 writes delayed, all written"
+    check_written(sqlite_uri, sweep.experiment, ["aaaa0001", "bbbb0002"])
+    assert cli.main(["sync", str(path)]) == 0
+    assert tracking_line(capsys.readouterr().out) == "tracking: 0 writes delayed, all written"
+
+
+def test_sync_of_a_missing_journal(tmp_path, capsys):
+    assert cli.main(["sync", str(tmp_path / "nothing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no tracking journal there" in err

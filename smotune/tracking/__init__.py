@@ -16,11 +16,19 @@ A trial's ``status`` tag ends as ``completed`` (ran all epochs, run FINISHED),
 
 Modules: ``names`` (the names), ``params`` (what a run logs), ``check`` (is a
 tracking URI usable), ``read`` (a sweep read back), ``callback`` (the Tune
-callback that writes it). Only this package imports ``mlflow``.
+callback that turns a sweep's events into journal operations), ``journal`` (the
+operations on local disk), ``writer`` (the thread that applies them, and
+``smotune sync``), ``ops`` (one operation applied to MLflow), ``verdict`` (the
+confirm phase's verdict). Only this package imports ``mlflow``.
+
+A tracking store that is down, slow or refusing never stops a sweep: what it
+cannot take waits in the journal and is written when it is back, by the end of
+the sweep, or by ``smotune sync``.
 """
 
 from smotune.tracking.callback import MlflowSweepCallback
 from smotune.tracking.check import check_tracking, redact
+from smotune.tracking.journal import JOURNAL_FILE, journal_path, sweep_journal_path
 from smotune.tracking.names import (
     BEST_ARTIFACT,
     BEST_PREFIX,
@@ -51,15 +59,18 @@ from smotune.tracking.names import (
     TAG_SWEEP,
     TAG_SWEEP_PATH,
     TAG_TRIAL_ID,
+    TAG_VERDICT,
     TRAIN_ARTIFACT,
     TUNE_KEYS,
 )
 from smotune.tracking.params import train_params, trial_train_config
 from smotune.tracking.read import TrialRecord, best_trial_run, sweep_parent_id, sweep_summary
 from smotune.tracking.verdict import log_verdict
+from smotune.tracking.writer import sync
 
 __all__ = [
     "BEST_ARTIFACT",
+    "JOURNAL_FILE",
     "BEST_PREFIX",
     "COMPLETED",
     "EARLY_STOPPED",
@@ -95,6 +106,9 @@ __all__ = [
     "TrialRecord",
     "best_trial_run",
     "check_tracking",
+    "journal_path",
+    "sweep_journal_path",
+    "sync",
     "redact",
     "log_verdict",
     "sweep_parent_id",

@@ -89,7 +89,7 @@ def check_exists(uri: str, where: str) -> None:
         )
 
 
-def _reason(err: Exception) -> str:
+def short_reason(err: Exception) -> str:
     """A short cause: the OS error if there is one, else the message's first sentence."""
     text = str(err)
     errno = re.search(r"\[Errno -?\d+\] [^\"')]+", text)
@@ -133,6 +133,7 @@ def check_tracking(
         )
     if existing:
         check_exists(uri, where)
+        _check_written(uri, where)
     if scheme == "sqlite" and (path := _sqlite_path(uri)) is not None:
         problem = _sqlite_problem(path)
         if problem:
@@ -152,7 +153,7 @@ def check_tracking(
             client.search_experiments(max_results=1)
             found = client.get_experiment_by_name(experiment) if experiment else None
     except Exception as err:  # noqa: BLE001 - any failure here is the URI the user gave
-        reason = _reason(err)
+        reason = short_reason(err)
         if scheme in ("http", "https"):
             if re.search(r"\b(401|403)\b|Unauthorized|Forbidden", str(err)):
                 problem = f"the MLflow server at {shown} refused the request ({reason})"
@@ -172,6 +173,25 @@ def check_tracking(
         raise UserError(where, "", problem, fix) from None
     if found is not None and found.lifecycle_stage == "deleted":
         raise deleted(shown, found, where)
+
+
+def _check_written(uri: str, where: str) -> None:
+    """Refuse to read a store this process's sweep has not finished writing (its journal)."""
+    from smotune.tracking.journal import live_journals
+
+    for journal in live_journals():
+        unwritten = len(journal.pending)
+        if journal.uri == uri and unwritten:
+            ops = journal.snapshot().ops
+            exp = next((op["experiment"] for op in ops if op["op"] == "start_parent"), "NAME")
+            raise UserError(
+                where,
+                "",
+                f"{unwritten} MLflow writes of this sweep are not yet written to {redact(uri)} "
+                f"(kept in {journal.path})",
+                f"once the store is back, run `smotune sync {journal.path}`, then "
+                f"`smotune best --experiment {exp} --tracking-uri {redact(uri)}`",
+            )
 
 
 def deleted(uri: str, exp: Any, where: str) -> UserError:

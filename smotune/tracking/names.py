@@ -38,6 +38,7 @@ TAG_CONFIRM_OF = "confirm_of"
 TAG_VERDICT = "verdict"
 TAG_OPTUNA_STORAGE = "optuna_storage"
 TAG_SWEEP_PATH = "sweep_path"
+TAG_JOURNAL_KEY = "journal_key"  # the parent's key in the tracking journal: found, not re-created
 PHASE_SEARCH = "search"
 PHASE_CONFIRM = "confirm"
 CONFIRM_METRICS = ("baseline_top1_mean", "baseline_top1_std", "best_top1_mean", "best_top1_std")

@@ -1,7 +1,9 @@
 """Reading a sweep back from MLflow: its best trial, one summary row per trial.
 
-Also the queries the callback shares: a parent's child runs, the best completed
-child, a run's artifact as text, a summary row.
+Also the queries the writer shares: a parent's child runs, the best completed
+child, a run's artifact as text. While the sweep's journal holds writes the
+store has not taken yet (or the store cannot be reached), the sweep's parent
+and summary are read from the journal instead.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from smotune.config import SweepConfig
 from smotune.errors import UserError
 from smotune.tracking.check import check_exists, env, redact
+from smotune.tracking.journal import Snapshot, journal_path, snapshot, sweep_journal_path
 from smotune.tracking.names import (
     COMPLETED,
     KIND_SWEEP,
@@ -161,7 +165,15 @@ def _objective(parent: Any) -> tuple[str, str]:
 
 
 def sweep_parent_id(uri: str, experiment: str, sweep_path: str) -> str:
-    """The parent run of the sweep whose Tune state is at ``sweep_path`` (the latest such run)."""
+    """The parent run of the sweep whose Tune state is at ``sweep_path`` (the latest such run).
+
+    Read from the sweep's journal when it has one: the run id, or the parent's
+    journal key while the store has not created the run yet (the callback and
+    :func:`~smotune.tracking.verdict.log_verdict` take either).
+    """
+    snap = snapshot(journal_path(sweep_path))
+    if snap is not None and snap.parent_key is not None:
+        return snap.runs.get(snap.parent_key) or snap.parent_key
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs(
@@ -186,24 +198,43 @@ def _param_value(text: str) -> Any:
 
 
 def sweep_summary(sweep: SweepConfig, parent_id: str | None = None) -> list[dict[str, Any]]:
-    """One row per trial of the sweep's parent run (default: the latest), read from MLflow.
+    """One row per trial of the sweep's parent run (default: the latest).
 
-    Row keys: ``trial_id``, ``run_id``, ``params`` (searched path -> value),
-    ``epochs_run``, ``value`` (final ``search.metric``; None if never reported),
-    ``status``, ``reason``, ``phase``, ``seed`` and ``confirm_of`` (confirm runs).
+    Read from MLflow; from the sweep's journal instead while it holds unwritten
+    writes or the store cannot be reached (then ``run_id`` is "" for a run not
+    created yet). Row keys: ``trial_id``, ``run_id``, ``params`` (searched path
+    -> value), ``epochs_run``, ``value`` (final ``search.metric``; None if never
+    reported), ``status``, ``reason``, ``phase``, ``seed`` and ``confirm_of``
+    (confirm runs).
     """
+    snap = snapshot(sweep_journal_path(sweep))
+    if snap is not None and snap.unwritten:
+        return journal_summary(sweep, snap, parent_id)
+    try:
+        key = snap.key_for(parent_id) if snap is not None else None
+        return _mlflow_summary(sweep, snap.runs.get(key, parent_id) if key else parent_id)
+    except (MlflowException, OSError):
+        if snap is None:
+            raise
+        return journal_summary(sweep, snap, parent_id)
+
+
+def _searched(sweep: SweepConfig, params: dict[str, str]) -> dict[str, Any]:
+    paths = [p for p, dist in sweep.space.items() if dist.kind != "fixed"]
+    return {p: _param_value(params[p]) for p in paths if p in params}
+
+
+def _mlflow_summary(sweep: SweepConfig, parent_id: str | None) -> list[dict[str, Any]]:
     client, experiment_id, parent = _latest_sweep(sweep.tracking.uri, sweep.experiment)
     parent_id = parent_id or parent.info.run_id
-    searched_paths = [p for p, dist in sweep.space.items() if dist.kind != "fixed"]
     rows = []
     for run in children(client, experiment_id, parent_id):
-        tags, params = run.data.tags, run.data.params
-        searched = {p: _param_value(params[p]) for p in searched_paths if p in params}
+        tags = run.data.tags
         rows.append(
             {
                 "trial_id": tags.get(TAG_TRIAL_ID, run.info.run_name),
                 "run_id": run.info.run_id,
-                "params": searched,
+                "params": _searched(sweep, run.data.params),
                 "epochs_run": int(run.data.metrics.get("epoch", 0)),
                 "value": run.data.metrics.get(sweep.search.metric),
                 "status": tags.get(TAG_STATUS, ""),
@@ -214,3 +245,37 @@ def sweep_summary(sweep: SweepConfig, parent_id: str | None = None) -> list[dict
             }
         )
     return rows
+
+
+def journal_summary(
+    sweep: SweepConfig, snap: Snapshot, parent_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The rows of :func:`sweep_summary` as the journal knows them (written to MLflow or not)."""
+    parent_key = snap.key_for(parent_id) or snap.parent_key
+    rows: dict[str, dict[str, Any]] = {}
+    last_step: dict[str, int] = {}
+    for op in snap.ops:
+        row = rows.get(op.get("run", ""))
+        if op["op"] == "start_trial" and op["parent"] == parent_key:
+            tags = op["tags"]
+            rows[op["run"]] = row = row or {"epochs_run": 0, "value": None}
+            row.update(
+                trial_id=op["trial_id"],
+                run_id=snap.runs.get(op["run"], ""),
+                params=_searched(sweep, op["params"]),
+                status=tags[TAG_STATUS],
+                reason="",
+                phase=tags.get(TAG_PHASE, PHASE_SEARCH),
+                seed=tags.get(TAG_SEED),
+                confirm_of=tags.get(TAG_CONFIRM_OF),
+            )
+        elif row is not None and op["op"] in ("log", "end_run"):
+            metrics = op.get("metrics", {})
+            if "epoch" in metrics:
+                row["epochs_run"] = max(row["epochs_run"], int(metrics["epoch"]))
+            metric = sweep.search.metric
+            if metric in metrics and op["step"] >= last_step.get(op["run"], -1):
+                row["value"], last_step[op["run"]] = metrics[metric], op["step"]
+            row["status"] = op["tags"].get(TAG_STATUS, row["status"])
+            row["reason"] = op["tags"].get(TAG_REASON, row["reason"])
+    return list(rows.values())

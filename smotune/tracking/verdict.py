@@ -8,6 +8,7 @@ import time
 import mlflow
 from mlflow.entities import Metric, RunTag
 
+from smotune.tracking.journal import drain_timeout, live_journals
 from smotune.tracking.names import (
     BEST_ARTIFACT,
     COMPLETED,
@@ -36,9 +37,42 @@ def log_verdict(
     """Log the verdict and the (mean, std) pairs on the parent; point it at the winner's run.
 
     The winner's run is its confirm run with the lowest seed; its ``train.yaml``
-    becomes the parent's ``best.yaml``. Returns that run's id (None if none finished).
+    becomes the parent's ``best.yaml``. In a sweep (``parent_id`` known to the
+    journal this process writes: a run id or a journal key) the write goes
+    through the journal like every other, and a ``tracking:`` line is printed
+    if it cannot be written now; returns None then. Otherwise it is written at
+    once and returns the winner's run id (None if none finished).
     """
+    values = dict(zip(CONFIRM_METRICS, [*baseline, *best], strict=True))
+    metrics = {k: v for k, v in values.items() if math.isfinite(v)}
+    now = int(time.time() * 1000)
+    for journal in live_journals():
+        key = journal.key_for(parent_id)
+        if journal.uri == uri and key is not None:
+            journal.append(
+                "verdict",
+                parent=key,
+                verdict=verdict,
+                metrics=metrics,
+                best_label=best_label,
+                time=now,
+            )
+            if not journal.drain(drain_timeout()):
+                print(journal.status_line(), flush=True)
+            return None
     client = mlflow.MlflowClient(tracking_uri=uri)
+    return write_verdict(client, parent_id, verdict, metrics, best_label, now)
+
+
+def write_verdict(
+    client: mlflow.MlflowClient,
+    parent_id: str,
+    verdict: str | None,
+    metrics: dict[str, float],
+    best_label: str,
+    now: int,
+) -> str | None:
+    """What :func:`log_verdict` writes (also the journal's ``verdict`` operation)."""
     parent = client.get_run(parent_id)
     query = (
         f"tags.{TAG_PHASE} = '{PHASE_CONFIRM}' and tags.{TAG_CONFIRM_OF} = '{best_label}' "
@@ -46,13 +80,12 @@ def log_verdict(
     )
     runs = children(client, parent.info.experiment_id, parent_id, query)
     runs.sort(key=lambda r: int(r.data.tags[TAG_SEED]))
-    now = int(time.time() * 1000)
-    values = dict(zip(CONFIRM_METRICS, [*baseline, *best], strict=True))
-    metrics = [Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)]
     tags = [RunTag(TAG_VERDICT, verdict or "none")]
     if runs and verdict is not None:
         best_id = runs[0].info.run_id
         tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, best_label)]
         client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
-    client.log_batch(parent_id, metrics=metrics, tags=tags)
+    client.log_batch(
+        parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags
+    )
     return runs[0].info.run_id if runs else None
