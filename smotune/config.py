@@ -35,6 +35,7 @@ METRICS = (
     "lr",
     "samples_per_s",
     "data_skipped",
+    "restarts",
 )
 """The metrics the engine reports each epoch (the names Tune, ASHA, MLflow and the export share)."""
 OBJECTIVES = tuple(m for m in METRICS if m != "epoch")
@@ -90,6 +91,9 @@ class WorkersConfig(_Strict):
     num: int = Field(2, ge=1)
     cpus: float = Field(1.0, ge=0.0)
     gpus: float = Field(0.0, ge=0.0)
+    max_failures: int = Field(
+        1, ge=0, description="worker-group restarts from the latest checkpoint before failing"
+    )
 
 
 class EvalConfig(_Strict):

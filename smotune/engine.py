@@ -261,12 +261,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     scaler = torch.amp.GradScaler(runtime.device_type) if runtime.grad_scaler else None
 
-    start_epoch, step, skipped_before = 0, 0, 0
+    start_epoch, step, skipped_before, restarts = 0, 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as path:
             last = _load_checkpoint(path, model, optimizer, scaler)
         start_epoch, step, skipped_before = last["epoch"], last["step"], last["data_skipped"]
+        # a worker group restarted after a failure (workers.max_failures) or a resumed run
+        restarts = last.get("restarts", 0) + (start_epoch < cfg.epochs)
         if start_epoch >= cfg.epochs:  # a finished run restarted: say again how it ended
             ray.train.report(last if rank == 0 else {"epoch": start_epoch})
             return
@@ -317,6 +319,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "lr": lr_at(step - 1, cfg, total_steps),
             "samples_per_s": samples / elapsed,
             "data_skipped": skipped_before + int(skipped_total),  # over the whole run
+            "restarts": restarts,
             "step": step,
         }
         with tempfile.TemporaryDirectory() as tmp:

@@ -116,7 +116,6 @@ def build_trainer(
     storage: str,
     name: str,
     callbacks: list[Any] | None = None,
-    max_failures: int = 0,
 ):
     """The ``TorchTrainer`` of one run; its checkpoints live at ``storage/name``."""
     import ray.train
@@ -138,7 +137,7 @@ def build_trainer(
             name=name,
             storage_path=storage_uri(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.workers.max_failures),
             callbacks=callbacks or [],
         ),
     )

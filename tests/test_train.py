@@ -229,3 +229,44 @@ def test_a_run_is_its_config(ray_cluster, synth_data, tmp_path, capsys):
         f"\nrun A {t1 - t0:.1f} s, B under A's name refused (subprocess) {t2 - t1:.1f} s, "
         f"run B {t4 - t3:.1f} s, A again (resumed) {t5 - t4:.1f} s"
     )
+
+
+def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, synth_data, tmp_path):
+    """SIGKILL one Train worker mid-epoch: the group restarts from the last checkpoint."""
+    from ray.util.state import list_actors
+
+    cfg = _cfg(synth_data, epochs=3).model_copy(deep=True)
+    cfg.data.samples_per_epoch = 1280  # 20 steps of 64 per worker: seconds, not milliseconds
+    cfg.data.loader_workers = 0
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    address = ray_cluster.get_runtime_context().gcs_address
+    run = subprocess.Popen(
+        [sys.executable, "-m", "smotune", "train", str(path), "--storage", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": address},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not [p for p in tmp_path.glob("runs/*/checkpoint_*") if p.is_dir()]:  # epoch 1 saved
+        assert run.poll() is None and time.time() < deadline, run.stdout.read()[-3000:]
+        time.sleep(0.2)
+    workers = list_actors(
+        address=address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        detail=True,
+    )
+    assert len(workers) == 2
+    os.kill(workers[1].pid, 9)
+    out, _ = run.communicate(timeout=400)
+    assert run.returncode == 0, out[-3000:]
+    epochs = [
+        line.split("epoch ", 1)[1].split()[0]
+        for line in out.splitlines()
+        if "epoch " in line and "/3 " in line
+    ]
+    assert epochs == ["1/3", "2/3", "3/3"], out[-3000:]  # each epoch once: epoch 2 was not reported
+    final = next(line for line in out.splitlines() if line.startswith("final:"))
+    assert "epoch=3" in final and "restarts=1" in final, final
