@@ -122,6 +122,14 @@ def budget(sweep: SweepConfig, per_gpu: float, eval_s: float, startup_s: float) 
             f"total with ASHA: {n} x ({mean:.2f} x {epoch_h:.2f} + {start_h:.2f})"
             f" = {total:,.0f} GPU-h ({100 * (1 - total / (n * trial_h)):.0f}% saved)",
         ]
+    confirm = sweep.search.confirm
+    if confirm is not None:
+        runs = (confirm.top + 1) * confirm.seeds
+        total += runs * trial_h
+        lines.append(
+            f"confirm: (baseline + top {confirm.top}) x {confirm.seeds} seeds = {runs} full"
+            f" trials x {trial_h:.1f} = {runs * trial_h:,.0f} GPU-h; sweep total {total:,.0f} GPU-h"
+        )
     slots = sweep.search.concurrent * gpus
     lines.append(
         f"wall clock on {slots:g} GPUs ({sweep.search.concurrent} trials x {gpus:g}):"

@@ -241,18 +241,19 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, synth_
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     address = ray_cluster.get_runtime_context().gcs_address
+    log = tmp_path / "train.log"
     run = subprocess.Popen(
         [sys.executable, "-m", "smotune", "train", str(path), "--storage", str(tmp_path / "runs")],
         cwd=tmp_path,
         env={**os.environ, "RAY_ADDRESS": address},
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        text=True,
     )
     deadline = time.time() + 300
     while not [p for p in tmp_path.glob("runs/*/checkpoint_*") if p.is_dir()]:  # epoch 1 saved
-        assert run.poll() is None and time.time() < deadline, run.stdout.read()[-3000:]
+        assert run.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
+    time.sleep(2)  # Train registers the checkpoint it persisted; epoch 2 (20 steps) goes on
     workers = list_actors(
         address=address,
         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
@@ -260,8 +261,8 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, synth_
     )
     assert len(workers) == 2
     os.kill(workers[1].pid, 9)
-    out, _ = run.communicate(timeout=400)
-    assert run.returncode == 0, out[-3000:]
+    assert run.wait(timeout=400) == 0, log.read_text()[-3000:]
+    out = log.read_text()
     epochs = [
         line.split("epoch ", 1)[1].split()[0]
         for line in out.splitlines()
