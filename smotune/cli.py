@@ -12,6 +12,9 @@ import sys
 
 from smotune.errors import EXIT_USER_ERROR, UserError
 
+EXIT_ALL_FAILED = 1  # a sweep in which every trial failed
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
 
 def _data_synth(args: argparse.Namespace) -> int:
     from smotune.data import synth
@@ -49,8 +52,10 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep_cfg = config.load_sweep(args.file)
     from smotune.sweep import run_sweep
 
-    run_sweep(sweep_cfg, sweep_file=args.file, resume=args.resume)
-    return 0
+    outcome = run_sweep(sweep_cfg, sweep_file=args.file, resume=args.resume)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_ALL_FAILED if outcome.all_failed else 0
 
 
 def _best(args: argparse.Namespace) -> int:

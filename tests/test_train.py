@@ -249,7 +249,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, synth_
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while not [p for p in tmp_path.glob("runs/*/checkpoint_*") if p.is_dir()]:  # epoch 1 saved
         assert run.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
