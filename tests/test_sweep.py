@@ -236,3 +236,28 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "search.samples (3 -> 5)" in lines[0], refused.stderr
+
+
+def test_ctrl_c_exits_130_and_marks_best_yaml_partial(ray_cluster, synth_data, tmp_path):
+    samples = 3
+    path = _sweep_file(tmp_path, synth_data, "ctrlc", samples, seed=_first_good_then_bad(samples))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    log = tmp_path / "ctrlc.log"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "smotune", "sweep", str(path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 600
+    while not any(k.data.tags.get("status") == "completed" for k in _children(uri, "ctrlc")):
+        assert run.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=300) == 130, log.read_text()[-3000:]
+    best = (tmp_path / "best.yaml").read_text()
+    assert best.startswith("# from a partial sweep (interrupted)"), best[:300]
+    assert "--resume" in best.splitlines()[0]
+    assert not [k for k in _children(uri, "ctrlc") if k.info.status == "RUNNING"]
