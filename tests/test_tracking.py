@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -556,3 +557,22 @@ def test_sync_of_a_missing_journal(tmp_path, capsys):
     assert cli.main(["sync", str(tmp_path / "nothing.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no tracking journal there" in err
+
+
+def test_a_refused_write_does_not_hold_up_the_rest(sqlite_uri, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep, text = make_sweep(sqlite_uri)
+    callback = tracking.MlflowSweepCallback(sweep, text)
+    a = trial("aaaa0001", 0.1)
+    callback.on_trial_start(0, [a], a)
+    a.config = {"loss.label_smoothing": 0.2}  # MLflow refuses to change a logged param
+    log_trials(callback, [(a, 0.2)])
+    line = tracking_line(capsys.readouterr().out)
+    assert re.fullmatch(
+        r"tracking: \d+ writes delayed, all written; 1 refused by the store "
+        r"\(start_trial #3: .*param.*; see .*mlflow-journal.jsonl\)",
+        line,
+    ), line
+    client, parents, (child,) = runs_of(sqlite_uri, sweep.experiment)
+    history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
+    assert [m.step for m in history] == [1, 2, 3] and child.info.status == "FINISHED"

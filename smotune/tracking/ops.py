@@ -73,7 +73,7 @@ class Unresolved(Exception):
 def permanent(err: BaseException) -> bool:
     """Whether the store rejected a write for good (a retry gets the same answer)."""
     if isinstance(err, Unresolved | UserError):
-        return True
+        return True  # UserError: the experiment was deleted
     return isinstance(err, MlflowException) and err.error_code in _PERMANENT
 
 

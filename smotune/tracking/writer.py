@@ -21,7 +21,7 @@ from smotune.errors import UserError
 from smotune.tracking import journal as journals
 from smotune.tracking.check import redact, short_reason
 from smotune.tracking.journal import JOURNAL_FILE, Journal, read_records
-from smotune.tracking.ops import Store, permanent
+from smotune.tracking.ops import Store, Unresolved, permanent
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class Writer(threading.Thread):
             except Exception as err:  # noqa: BLE001 - any failure: keep it on disk, retry
                 attempts += 1
                 why = short_reason(err) or type(err).__name__
-                if permanent(err) and attempts >= PERMANENT_ATTEMPTS:
+                given_up = permanent(err) and attempts >= PERMANENT_ATTEMPTS
+                if isinstance(err, Unresolved) or given_up:
                     log.warning("MLflow refused %s #%d for good: %s", op["op"], op["n"], why)
                     self.journal.done(op, refused=f"{op['op']} #{op['n']}: {why}")
                     attempts = 0
