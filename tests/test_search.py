@@ -49,7 +49,7 @@ def _sweep(tmp_path: Path, name: str, values: list[float], **search_kw) -> Sweep
     )
 
 
-TRAINABLE = '''
+TRAINABLE = """
 import json, math, os, time
 from ray import tune
 
@@ -71,7 +71,7 @@ def trainable(config):
         tune.report({"epoch": epoch, "zeroshot_top1": value})
         if math.isnan(value):
             return
-'''
+"""
 
 
 def _write_trainable(tmp_path: Path) -> Path:
@@ -106,9 +106,7 @@ def _tuner(sweep: SweepConfig, trainable, url: str, storage):
             num_samples=sweep.search.samples,
             max_concurrent_trials=1,
         ),
-        run_config=tune.RunConfig(
-            name=sweep.name, storage_path=sweep.storage.path, verbose=0
-        ),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage.path, verbose=0),
     )
 
 
@@ -165,7 +163,7 @@ def test_optuna_is_told_every_epoch_and_how_each_trial_ended(ray_cluster, tmp_pa
     assert by_ls[NAN].state == TrialState.FAIL and by_ls[NAN].intermediate_values == {}
 
 
-RESUMABLE = '''
+RESUMABLE = """
 import os, sys
 from ray import tune
 from smotune import search
@@ -195,7 +193,7 @@ else:
         run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage.path, verbose=0),
     )
 tuner.fit()
-'''
+"""
 
 # strong first, then weaker ones: after a resume, ASHA stops them only if it remembers the rungs
 RESUME_SEQUENCE = [GOOD, 0.02, BAD, 0.6, 0.7, 0.8]
