@@ -163,7 +163,7 @@ def test_open_clip_train_imagenet_folder_and_precision(store, tmp_path):
     val = tmp_path / "imagenet" / "val"
     for i in range(1000):
         (val / f"n{i:08d}").mkdir(parents=True)
-    cfg = best_config(tracking.best_trial_run(store, "xs"))
+    cfg = best_config(tracking.best_trial_run(store, "xs")[0])
     data = cfg.data.model_copy(
         update={"zeroshot": str(tmp_path / "imagenet"), "zeroshot_split": "val"}
     )
@@ -183,7 +183,7 @@ def test_latest_sweep_is_used(sqlite_uri, tmp_path):
     mlflow.MlflowClient(uri).create_experiment("xs", artifact_location=str(tmp_path / "a"))
     log_sweep(uri, "xs", [("old00001", 0.29, 0.1, 3)])
     log_sweep(uri, "xs", [("new00001", 0.1, 0.1, 3), ("new00002", 0.15, 0.1, 3)])
-    assert tracking.best_trial_run(uri, "xs").trial_id == "new00002"
+    assert tracking.best_trial_run(uri, "xs")[0].trial_id == "new00002"
 
 
 def test_no_completed_trial(sqlite_uri, tmp_path):
@@ -207,7 +207,7 @@ def test_unknown_experiment_and_missing_store(store, tmp_path):
 
 
 def test_params_must_match_train_yaml(store):
-    record = tracking.best_trial_run(store, "xs")
+    record, _ = tracking.best_trial_run(store, "xs")
     changed = dict(record.params, **{"loss.label_smoothing": "0.25"})
     tampered = tracking.TrialRecord(
         record.run_id, record.trial_id, record.status, changed, record.metrics, record.train_yaml
