@@ -98,7 +98,8 @@ def check_space(sweep: SweepConfig, where: str) -> None:
                 "use a dotted path such as loss.label_smoothing, optim.weight_decay, "
                 "model.text_dropout",
             )
-        if path in NOT_SEARCHABLE:
+        # a fixed seed is harmless; fixed epochs would differ from the epochs ASHA counts
+        if path in NOT_SEARCHABLE and (dist.kind != "fixed" or path == "epochs"):
             raise UserError(
                 where,
                 field,

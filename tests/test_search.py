@@ -272,7 +272,7 @@ def _finished_study(tmp_path: Path, name: str) -> None:
     """An earlier sweep's study: one COMPLETE and one PRUNED trial."""
     sweep = _sweep(tmp_path, name, [0.0, 0.1, 0.2])
     url = search.prepare_study(sweep, resume=False, where="test")[0]
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study = optuna.load_study(study_name=name, storage=url)
     dist = {"loss.label_smoothing": optuna.distributions.CategoricalDistribution([0.0, 0.1, 0.2])}
     study.add_trial(
         optuna.trial.create_trial(
