@@ -210,7 +210,7 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
     first.wait()
 
     again = subprocess.run(
-        [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
+        [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     kids = _children(uri, "resume")
