@@ -576,3 +576,28 @@ def test_a_refused_write_does_not_hold_up_the_rest(sqlite_uri, tmp_path, monkeyp
     client, parents, (child,) = runs_of(sqlite_uri, sweep.experiment)
     history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
     assert [m.step for m in history] == [1, 2, 3] and child.info.status == "FINISHED"
+
+
+def test_confirm_phase_and_verdict_go_through_the_journal(sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep, text = make_sweep(sqlite_uri)
+    search = tracking.MlflowSweepCallback(sweep, text)
+    log_trials(search, [(trial("aaaa0001", 0.1), 0.1)])
+    path = tracking.sweep_journal_path(sweep)
+    parent_id = tracking.sweep_parent_id(sqlite_uri, sweep.experiment, str(path.parent))
+    assert parent_id == search.parent_run_id
+    confirm = tracking.MlflowSweepCallback(
+        sweep, text, phase="confirm", parent_run_id=parent_id, confirm_labels=lambda c: "base"
+    )
+    log_trials(confirm, [(trial("cccc0001", 0.0), 0.0)])
+    assert live(path) is confirm._journal is search._journal  # one journal, one writer
+    tracking.log_verdict(sqlite_uri, parent_id, "baseline_best", (0.53, 0.0), (0.53, 0.0), "base")
+
+    client, (parent,), children = runs_of(sqlite_uri, sweep.experiment)
+    by_phase = {c.data.tags["phase"]: c for c in children}
+    assert parent.data.tags["verdict"] == "baseline_best"
+    assert parent.data.tags["best_run_id"] == by_phase["confirm"].info.run_id
+    assert parent.data.metrics["baseline_top1_mean"] == pytest.approx(0.53)
+    best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
+    assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
+    assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
