@@ -24,7 +24,7 @@ demo: $(STAMP) $(SYNTH)/train-0000.tar
 	$(BIN)/smotune sweep search_spaces/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

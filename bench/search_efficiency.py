@@ -700,6 +700,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None, help="trials per search (default: N)")
     ap.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
     ap.add_argument("--grid", type=json.loads, default=None, help="JSON {path: [values]}")
+    ap.add_argument("--note", default="", help="a paragraph for the BENCHMARKS.md section")
     args = ap.parse_args()
     grid = args.grid or (QUICK_GRID if args.quick else GRID)
     out = args.out or (
@@ -718,7 +719,7 @@ def main() -> None:
         _write(out / "summary.json", result)
         print(json.dumps(result))
         if args.phase in ("confirm", "all") and not args.quick and not args.no_append:
-            append_benchmarks(result)
+            append_benchmarks(result, args.note)
     print(f"results in {out}")
 
 
