@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -274,7 +275,7 @@ def run_train(
         record_run(cfg, storage, name)
     state = "same config as stored: resuming" if resume else "new run"
     print(f"run {name} in {storage_uri(storage)} ({state})", flush=True)
-    result = build_trainer(run_cfg, storage, name).fit()
+    result = fit(build_trainer(run_cfg, storage, name))
     final = dict(result.metrics or {})
     final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     final["run"] = name
@@ -294,7 +295,54 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], storage: str) -> None
 
     cfg = apply(TrainConfig.model_validate(base), config, where="trial")
     trial_id = tune.get_context().get_trial_id()
-    build_trainer(cfg, storage, f"train-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    fit(build_trainer(cfg, storage, f"train-{trial_id}", callbacks=[TuneReportCallback()]))
+
+
+class WorkerError(RuntimeError):
+    """Training failed on its workers; the message names each failing rank's own error."""
+
+
+def fit(trainer: Any) -> Any:
+    """``trainer.fit()``, its failure re-raised as a :class:`WorkerError` naming the cause.
+
+    Ray Train's ``WorkerGroupError`` starts "Training failed due to worker errors:"
+    and buries the worker's own error in a traceback; the trial's reason (MLflow's
+    ``reason`` tag, the summary) is the last error line, so it is made to be that.
+    """
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as err:
+        raise WorkerError(failure_reason(err)) from err
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line: each failing rank's own error (ranks with the same error grouped).
+
+    A worker that died (SIGKILL, OOM) fails its health check; its reason is the
+    exit detail Ray gives for the dead actor.
+    """
+    failures: dict[int, BaseException] = getattr(err, "worker_failures", None) or {}
+    if not failures:
+        return _first_line(err)
+    ranks_of: dict[str, list[str]] = {}
+    for rank, exc in sorted(failures.items()):
+        died = getattr(exc, "health_check_failure", None)
+        text = f"worker died: {_exit_detail(died)}" if died is not None else _first_line(exc)
+        ranks_of.setdefault(text, []).append(str(rank))
+    return "; ".join(f"rank {','.join(r)}: {text}" for text, r in ranks_of.items())
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _exit_detail(exc: BaseException) -> str:
+    """Ray's ``Worker exit detail: ...`` sentence for a dead actor, else its first line."""
+    found = re.search(r"Worker exit detail: ([^.]*)", str(exc))
+    return found.group(1).strip()[:300] if found else _first_line(exc)
 
 
 class ReleaseOrphanedWorkers(Callback):

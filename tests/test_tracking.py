@@ -25,6 +25,7 @@ from ray.tune.experiment import Trial
 from smotune import cli, tracking
 from smotune.config import SweepConfig, dump_train
 from smotune.errors import UserError
+from smotune.tracking.check import error_line
 from smotune.tracking.journal import live
 from smotune.tracking.writer import close_journal
 
@@ -601,3 +602,23 @@ def test_confirm_phase_and_verdict_go_through_the_journal(sqlite_uri, tmp_path, 
     best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
     assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
     assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
+
+
+def test_error_line_is_the_workers_error_of_a_chained_traceback():
+    """A trial's reason: the last error line of Tune's error text, without its module path."""
+    import traceback
+
+    from smotune.trial import WorkerError
+
+    try:
+        try:
+            raise FloatingPointError("loss is nan at epoch 1, step 3")
+        except FloatingPointError as err:
+            raise WorkerError("rank 0: FloatingPointError: loss is nan at epoch 1, step 3") from err
+    except WorkerError:
+        text = "ray.exceptions.RayTaskError(WorkerError): ray::ImplicitFunc.train()\n"
+        text += traceback.format_exc()
+    assert error_line(text) == (
+        "WorkerError: rank 0: FloatingPointError: loss is nan at epoch 1, step 3"
+    )
+    assert error_line("no error named here\nsecond") == "no error named here"

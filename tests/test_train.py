@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -271,3 +272,19 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, synth_
     assert epochs == ["1/3", "2/3", "3/3"], out[-3000:]  # each epoch once: epoch 2 was not reported
     final = next(line for line in out.splitlines() if line.startswith("final:"))
     assert "epoch=3" in final and "restarts=1" in final, final
+
+
+def test_a_diverging_run_fails_and_says_why(ray_cluster, synth_data, tmp_path):
+    """A non-finite loss stops the run (never trained on, never reported as a result),
+    and the failure names the workers' own error, not Train's wrapper."""
+    cfg = TrainConfig.model_validate(_small(synth_data, lr=1e4, smoothing=0.0))
+    cfg.optim.warmup_steps = 0
+    cfg.data.samples_per_epoch = 5 * cfg.optim.batch_size
+    cfg.workers.max_failures = 0
+    with pytest.raises(trial.WorkerError) as failed:
+        trial.run_train(cfg, storage=str(tmp_path / "runs"), name="diverge")
+    reason = str(failed.value)
+    assert re.fullmatch(
+        r"rank 0,1: FloatingPointError: loss is (nan|inf) at epoch 1, step \d+", reason
+    ), reason
+    assert not _checkpoints(tmp_path / "runs", "diverge")

@@ -79,3 +79,45 @@ def test_relative_storage_on_a_cluster_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     with pytest.raises(UserError, match="storage.path"):
         sweep.run_sweep(cfg, tmp_path / "s.yaml")
+
+
+def test_failure_reason_names_each_ranks_own_error():
+    """The reason is the workers' errors, not Train's "Training failed due to worker errors:"."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    nan = FloatingPointError("loss is nan at epoch 2, step 13\nmore detail")
+    died = ActorDiedError()
+    err = WorkerGroupError(
+        "rank 0 ... rank 1 ... rank 2 ...",
+        {
+            2: FloatingPointError("loss is nan at epoch 2, step 13"),
+            0: nan,
+            1: WorkerHealthCheckFailedError("Worker health check failed.", died),
+        },
+    )
+    assert str(err).splitlines()[0] == "Training failed due to worker errors:"
+    assert trial.failure_reason(err) == (
+        "rank 0,2: FloatingPointError: loss is nan at epoch 2, step 13; "
+        "rank 1: worker died: ActorDiedError: "
+        "The actor died unexpectedly before finishing this task."
+    )
+
+
+def test_failure_reason_reads_the_exit_detail_of_a_dead_worker():
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    gcs = RuntimeError(
+        "The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n"
+        "The actor is dead because its worker process has died. Worker exit type: "
+        "UNEXPECTED_SYSTEM_EXIT Worker exit detail: Worker unexpectedly exits with a connection "
+        "error code 2. End of file. There are some potential root causes."
+    )
+    dead = WorkerHealthCheckFailedError("Worker health check failed.", gcs)
+    err = WorkerGroupError("x", {1: dead})
+    assert trial.failure_reason(err) == (
+        "rank 1: worker died: Worker unexpectedly exits with a connection error code 2"
+    )
+    assert trial.failure_reason(ValueError("no workers\nat all")) == "ValueError: no workers"

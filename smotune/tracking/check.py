@@ -27,12 +27,13 @@ _CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEO
 
 
 def error_line(text: str) -> str:
-    """The telling line of an error text: its last ``SomeError: message`` line, else its first."""
+    """The telling line of an error text: its last ``SomeError: message`` line (module path
+    dropped), else its first."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+    pattern = re.compile(r"^(?:[A-Za-z_]\w*\.)*(\w*(Error|Exception|Exit|Interrupt)\b.*)")
     for line in reversed(lines):
-        if pattern.match(line):
-            return line[:500]
+        if found := pattern.match(line):
+            return found.group(1)[:500]
     return lines[0][:500] if lines else "unknown error"
 
 
