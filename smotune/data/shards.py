@@ -45,7 +45,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
+import re
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -54,11 +56,19 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from smotune.config import TrainConfig
 from smotune.data.skips import SkipCounter, describe
-from smotune.data.sources import FIELD, check_urls, samples_per_rank, shard_list, shard_url
+from smotune.data.sources import (
+    FIELD,
+    check_urls,
+    indexed_size,
+    samples_per_rank,
+    shard_list,
+    shard_url,
+)
+from smotune.data.tars import Damage, read_members
 from smotune.errors import UserError
 
 __all__ = [
@@ -74,6 +84,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, not samples
 
 
 # ---------------------------------------------------------------- seeded streams
@@ -126,6 +137,7 @@ class _WorkerSamples(IterableDataset):
         self.rewrite_prob = cfg.data.rewrite_prob
         self.preprocess = preprocess
         self.skipped = skipped
+        self.sizes = {url: indexed_size(url) for url in urls}
 
     def _rng(self, purpose: str, worker: int) -> random.Random:
         return random.Random(_seed(purpose, self.seed, self.rank, worker, self.epoch))
@@ -162,12 +174,26 @@ class _WorkerSamples(IterableDataset):
             order = list(urls)
             rng.shuffle(order)
             for url in order:
+                keys: set[str] = set()
+                damaged = False
                 try:
-                    yield from _read_tar(url)
+                    for item in _read_tar(url):
+                        if isinstance(item, Damage):
+                            damaged = True
+                            self.skipped.add("damaged_shard", f"{url}: {item}")
+                            continue
+                        keys.add(base_plus_ext(item["fname"])[0])
+                        yield item
                 except Exception as exc:
+                    damaged = True
                     self.skipped.add("unreadable_shard", f"{url}: {describe(exc)}")
                 else:
                     self.skipped.shard_read()
+                listed = self.sizes.get(url)
+                if damaged and listed is not None and listed > len(keys):
+                    lost = listed - len(keys)
+                    detail = f"{url}: {lost} of the {listed} samples sizes.json lists"
+                    self.skipped.add("lost_in_damage", detail, lost)
                 yield {}
             if not self.rounds:
                 return
@@ -224,14 +250,21 @@ class _WorkerSamples(IterableDataset):
         return None
 
 
-def _read_tar(url: str) -> Iterator[dict[str, Any]]:
-    """The regular members of one shard; the stream is closed quietly if abandoned."""
+def _read_tar(url: str) -> Iterator[dict[str, Any] | Damage]:
+    """The regular members of one shard and its damage; the stream is closed quietly if abandoned.
+
+    Members named ``__*__`` (webdataset's metadata) are left out.
+    """
+    path = url[len("file://") :] if url.startswith("file://") else url
+    size = os.path.getsize(path) if os.path.isfile(path) else None
     stream = wds.gopen(shard_url(url))
     complete = False
     try:
-        for member in tar_file_iterator(stream):
-            member["__url__"] = url
-            yield member
+        for item in read_members(stream, size=size):
+            if isinstance(item, Damage):
+                yield item
+            elif not _META.match(item.name):
+                yield {"fname": item.name, "data": item.data, "__url__": url}
         complete = True
     finally:
         if complete:
@@ -300,11 +333,13 @@ class ShardLoader(DataLoader):
     def _end_of_epoch(self, before: list[int], after: list[int], batches: int) -> None:
         delta = [a - b for a, b in zip(after, before, strict=True)]
         reasons = {r: delta[i] for i, r in enumerate(SkipCounter.REASONS) if delta[i]}
-        skipped = sum(reasons.values())
+        skipped = sum(n for r, n in reasons.items() if r in SkipCounter.SAMPLE_REASONS)
+        bad_shards = sum(n for r, n in reasons.items() if r in SkipCounter.SHARD_REASONS)
         where = f"epoch {self.epoch}, rank {self.rank}"
-        if skipped:
+        if reasons:
             detail = ", ".join(f"{r}: {n}" for r, n in reasons.items())
-            log.warning("%s: skipped %d bad items (%s)", where, skipped, detail)
+            shards = f" and met {bad_shards} damaged or unreadable shards" if bad_shards else ""
+            log.warning("%s: skipped %d samples%s (%s)", where, skipped, shards, detail)
         expected = self.batches_per_epoch
         if batches and (expected is None or batches == expected):
             return
@@ -316,7 +351,7 @@ class ShardLoader(DataLoader):
             problem += f" ({error})"
             fix = "check that the shards exist, are tar files and are readable from every worker"
         elif samples == 0:
-            problem = f"every sample of rank {self.rank} was skipped ({skipped} items)"
+            problem = f"every sample of rank {self.rank} was skipped ({skipped} samples)"
             problem += f", first shard {first}"
             fix = "check that the shards hold image (jpg/png/webp) + txt samples"
         elif batches == 0:

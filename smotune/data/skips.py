@@ -11,7 +11,15 @@ WARN_FIRST = 5
 
 
 class SkipCounter:
-    """Bad data met while loading: ``count`` in total and ``reasons`` by kind.
+    """Bad data met while loading: ``count`` samples not trained on, ``bad_shards``, ``reasons``.
+
+    Sample reasons count samples: a member that cannot be grouped, a sample
+    without an image or caption or that fails to decode, and ``lost_in_damage``
+    (samples ``sizes.json`` lists for a shard that its damage or unreadability
+    hid). Shard reasons count shards: ``unreadable_shard`` (could not be opened
+    or read) and ``damaged_shard`` (one per damaged span or truncation, see
+    :mod:`smotune.data.tars`); without ``sizes.json`` how many samples such a
+    shard lost is not known, and only the shard is counted.
 
     The counts live in shared memory (a ``multiprocessing.Array``) that the
     DataLoader hands to its worker processes when it starts them, so every
@@ -24,14 +32,16 @@ class SkipCounter:
     samples decoded, for the end-of-epoch checks.
     """
 
-    REASONS = (
-        "unreadable_shard",
+    SHARD_REASONS = ("unreadable_shard", "damaged_shard")
+    SAMPLE_REASONS = (
         "bad_tar_member",
         "no_image",
         "bad_image",
         "no_caption",
         "bad_json",
+        "lost_in_damage",
     )
+    REASONS = SHARD_REASONS + SAMPLE_REASONS
     _SHARDS = len(REASONS)
     _SAMPLES = len(REASONS) + 1
 
@@ -39,15 +49,17 @@ class SkipCounter:
         self._counts = multiprocessing.Array("q", len(self.REASONS) + 2)
         self._first_error = multiprocessing.Array("c", 512)
 
-    def add(self, reason: str, detail: str) -> None:
-        """Count one skipped item; log it if it is among the first ``WARN_FIRST``."""
+    def add(self, reason: str, detail: str, n: int = 1) -> None:
+        """Count ``n`` skipped items; log the first ``WARN_FIRST`` (damage: every time)."""
         index = self.REASONS.index(reason)
         with self._counts.get_lock():
-            self._counts[index] += 1
+            self._counts[index] += n
             total = sum(self._counts[: len(self.REASONS)])
             if reason == "unreadable_shard" and not self._first_error.value:
                 self._first_error.value = detail.encode("utf-8", "replace")[:511]
-        if total <= WARN_FIRST:
+        if reason in self.SHARD_REASONS or reason == "lost_in_damage":
+            log.warning("skipped (%s) %s", reason, detail)
+        elif total <= WARN_FIRST:
             more = "; further skips are summarised per epoch" if total == WARN_FIRST else ""
             log.warning("skipped (%s) %s%s", reason, detail, more)
 
@@ -67,7 +79,15 @@ class SkipCounter:
 
     @property
     def count(self) -> int:
-        return sum(self.snapshot()[: len(self.REASONS)])
+        """Samples not trained on (the sample reasons)."""
+        counts = self.snapshot()
+        return sum(counts[self.REASONS.index(r)] for r in self.SAMPLE_REASONS)
+
+    @property
+    def bad_shards(self) -> int:
+        """Unreadable shards and damaged spans met (the shard reasons)."""
+        counts = self.snapshot()
+        return sum(counts[self.REASONS.index(r)] for r in self.SHARD_REASONS)
 
     @property
     def reasons(self) -> dict[str, int]:

@@ -2,21 +2,27 @@
 
 Braces and ``::`` in ``data.train`` are expanded and local glob patterns matched
 (sorted). Object stores and HTTP(S) are read through a ``pipe:`` command.
-Samples are counted from the tar headers of local shards only.
+Samples are counted for local shards only: from a ``sizes.json`` beside the
+shards (open_clip's ``{"shard.tar": samples}``) when it lists the shard, else
+from the tar headers, read through damage by :mod:`smotune.data.tars`.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import json
 import logging
 import os
 import shlex
 import tarfile
+from dataclasses import dataclass
 
 from webdataset.tariterators import base_plus_ext
 
 from smotune.config import expand_shards, is_remote
 from smotune.data.skips import describe
+from smotune.data.tars import Damage, read_members
 from smotune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,13 +86,19 @@ def check_urls(urls: list[str], world_size: int) -> None:
         )
 
 
-def samples_per_rank(urls: list[str], world_size: int) -> list[int]:
-    """Samples (tar members grouped by key) in each rank's shards, read from the tar headers.
+@dataclass(frozen=True)
+class ShardCount:
+    """What the counting pass knows of one local shard."""
 
-    Only local shards are counted: counting remote ones would download them, so
-    remote shards need ``data.samples_per_epoch``. A damaged shard counts the
-    samples whose headers precede the damage.
-    """
+    url: str
+    samples: int  # what the shard should hold: sizes.json's number, else ``readable``
+    readable: int  # samples with a member the tar headers show (damage read through)
+    damage: tuple[str, ...]  # where and why the shard is damaged
+    indexed: bool  # ``samples`` is from sizes.json
+
+
+def count_shards(urls: list[str]) -> list[ShardCount]:
+    """Count each local shard; remote shards are a :class:`UserError` (counting downloads them)."""
     remote = [u for u in urls if _local_path(u) is None]
     if remote:
         raise UserError(
@@ -95,20 +107,69 @@ def samples_per_rank(urls: list[str], world_size: int) -> list[int]:
             f"is needed with remote shards such as {remote[0]} (counting would download them)",
             "set data.samples_per_epoch (samples per worker and epoch)",
         )
+    out = []
+    for url in urls:
+        path = _local_path(url)
+        readable, damage = _count_samples(path)
+        listed = indexed_size(url)
+        samples = readable if listed is None else listed
+        out.append(ShardCount(url, samples, readable, damage, listed is not None))
+    return out
+
+
+def samples_per_rank(urls: list[str], world_size: int) -> list[int]:
+    """Samples each rank's shards should hold; shard ``i`` is on rank ``i % world_size``.
+
+    Only local shards are counted: counting remote ones would download them, so
+    remote shards need ``data.samples_per_epoch``. A damaged shard listed in
+    ``sizes.json`` counts what it should hold; otherwise the samples whose tar
+    headers survive (before, between and after its damaged spans).
+    """
     counts = [0] * world_size
-    for i, url in enumerate(urls):
-        counts[i % world_size] += _count_samples(_local_path(url))
+    for i, shard in enumerate(count_shards(urls)):
+        counts[i % world_size] += shard.samples
     return counts
 
 
-def _count_samples(path: str) -> int:
-    keys: set[str] = set()
+def indexed_size(url: str) -> int | None:
+    """The samples ``sizes.json`` beside a local shard lists for it, or None."""
+    path = _local_path(url)
+    if path is None:
+        return None
+    sizes = _sizes(os.path.dirname(os.path.abspath(path)))
+    value = sizes.get(os.path.basename(path))
+    return int(value) if isinstance(value, int) and value >= 0 else None
+
+
+@functools.lru_cache(maxsize=64)
+def _sizes(directory: str) -> dict:
+    path = os.path.join(directory, "sizes.json")
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _ = base_plus_ext(member.name)
-                if member.isreg() and key and not os.path.basename(key).startswith("__"):
+        with open(path) as f:
+            sizes = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, describe(exc))
+        return {}
+    return sizes if isinstance(sizes, dict) else {}
+
+
+def _count_samples(path: str) -> tuple[int, tuple[str, ...]]:
+    """Samples (regular members grouped by key) whose headers :func:`read_members` yields, and
+    the shard's damage."""
+    keys: set[str] = set()
+    damage: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for item in read_members(f, data=False, size=os.path.getsize(path)):
+                if isinstance(item, Damage):
+                    damage.append(str(item))
+                    continue
+                key, _ = base_plus_ext(item.name)
+                if key and not os.path.basename(key).startswith("__"):
                     keys.add(key)
     except (OSError, tarfile.TarError) as exc:
         log.warning("counting samples of %s: %s", path, describe(exc))
-    return len(keys)
+        damage.append(f"unreadable: {describe(exc)}")
+    return len(keys), tuple(damage)
