@@ -12,7 +12,9 @@ it resumes from the latest checkpoint. It knows nothing of Tune.
 Every rank runs exactly ``steps_per_epoch`` steps per epoch: the loader reads
 the rank's shards round after round (reseeded per round) and stops there, so
 uneven shards or skipped samples never leave one rank waiting for another in
-a collective.
+a collective. A damaged shard shortens no epoch when ``sizes.json`` says what
+it held; otherwise rank 0 prints, before the first epoch, by how much and why
+(:func:`epoch_plan`).
 """
 
 from __future__ import annotations
@@ -119,16 +121,31 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
-    """Optimizer steps in one epoch, the same on every rank.
+    """Optimizer steps in one epoch, the same on every rank (:func:`epoch_plan`)."""
+    return epoch_plan(cfg, world_size)[0]
+
+
+def epoch_plan(cfg: TrainConfig, world_size: int) -> tuple[int, str | None]:
+    """Optimizer steps in one epoch, the same on every rank, and a line on damaged shards.
 
     With ``data.samples_per_epoch`` (per worker) it is that over the batch size;
     otherwise the samples of the rank with the fewest, counted in the shards.
+    Damage: a shard's count is what it should hold when ``sizes.json`` lists it,
+    so its damage shortens no rank and its rank re-reads its readable samples to
+    fill the epoch; otherwise only its readable samples are known, and if that
+    makes its rank the smallest, equal steps (DDP needs them) shorten every
+    rank's epoch, and the line says by how much and why.
     """
     batch = cfg.optim.batch_size
+    note = None
     if cfg.data.samples_per_epoch:
         per_rank = [cfg.data.samples_per_epoch]
     else:
-        per_rank = shards.samples_per_rank(shards.shard_list(cfg.data.train), world_size)
+        counts = shards.count_shards(shards.shard_list(cfg.data.train))
+        per_rank = [0] * world_size
+        for i, c in enumerate(counts):
+            per_rank[i % world_size] += c.samples
+        note = _damage_note(counts, per_rank, batch)
     steps = min(per_rank) // batch
     if steps < 1:
         raise UserError(
@@ -138,7 +155,31 @@ def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
             f"worker's shards",
             "lower optim.batch_size or workers.num, or add shards",
         )
-    return steps
+    return steps, note
+
+
+def _damage_note(counts: list, per_rank: list[int], batch: int) -> str | None:
+    world = len(per_rank)
+    damaged = [(i % world, c) for i, c in enumerate(counts) if c.damage]
+    if not damaged:
+        return None
+    steps = min(per_rank) // batch
+    names = "; ".join(f"{c.url} (rank {r}): {', '.join(c.damage)}" for r, c in damaged)
+    unknown = {r for r, c in damaged if not c.indexed}
+    exact = [n for r, n in enumerate(per_rank) if r not in unknown]
+    full = min(exact) // batch if exact else steps
+    if full > steps:
+        small = min(unknown, key=lambda r: per_rank[r])
+        return (
+            f"damaged shards: {names}. Every epoch is {steps} steps per rank, {full - steps} "
+            f"fewer than the undamaged ranks hold ({full}): ranks run equal steps, and rank "
+            f"{small}'s damaged shards count only their readable samples ({per_rank[small]}) "
+            f"as no sizes.json lists them"
+        )
+    return (
+        f"damaged shards: {names}. Epochs are not shortened ({steps} steps per rank): "
+        f"a damaged rank short of samples re-reads its readable ones to fill them"
+    )
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -273,7 +314,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(last if rank == 0 else {"epoch": start_epoch})
             return
 
-    n_steps = steps_per_epoch(cfg, world)
+    # equal steps per rank (DDP): from sizes.json a damaged rank refills by re-reading; else
+    # its readable count may set the min, and the line below says what that cost
+    n_steps, damage = epoch_plan(cfg, world)
+    if damage and rank == 0:
+        print(damage, flush=True)
     total_steps = n_steps * cfg.epochs
     fixed = cfg.model_copy(deep=True)
     fixed.data.samples_per_epoch = n_steps * cfg.optim.batch_size

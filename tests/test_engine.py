@@ -149,3 +149,37 @@ def test_steps_per_epoch_reads_the_shards_the_loader_reads(tmp_path):
         )
         # rank 0 reads shards 0 and 2 (200 samples), rank 1 shard 1 (100): the smaller rules
         assert engine.steps_per_epoch(cfg, world_size=2) == 100 // 16
+
+
+def test_a_damaged_shard_shortens_no_epoch_that_sizes_json_can_fill(tmp_path):
+    """Rank 1's shards damaged (64 KiB of garbage mid-shard; one cut to half): with sizes.json
+    the epoch keeps the healthy rank's steps; without, it is shortened and says by how much."""
+    import json
+    import random
+
+    from smotune.data import synth
+
+    synth.generate(tmp_path, train_samples=400, shards=4, eval_per_class=1, seed=0)
+    garbage, cut = tmp_path / "train-0001.tar", tmp_path / "train-0003.tar"
+    with open(garbage, "r+b") as f:
+        f.seek(garbage.stat().st_size // 2)
+        f.write(random.Random(0).randbytes(65536))
+    with open(cut, "r+b") as f:
+        f.truncate(cut.stat().st_size // 2)
+    cfg = TrainConfig(
+        data={"train": f"{tmp_path}/train-*.tar", "zeroshot": str(tmp_path / "zeroshot")},
+        optim={"batch_size": 16},
+    )
+    healthy = 200 // 16  # rank 0: shards 0 and 2, 100 samples each
+    steps, note = engine.epoch_plan(cfg, world_size=2)
+    assert steps < healthy
+    assert f"Every epoch is {steps} steps per rank, {healthy - steps} fewer" in note
+    assert str(garbage) in note and "invalid tar header" in note
+    assert str(cut) in note and "truncated inside" in note
+
+    sizes = {f"train-{i:04d}.tar": 100 for i in range(4)}
+    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    steps, note = engine.epoch_plan(cfg, world_size=2)
+    assert steps == healthy and engine.steps_per_epoch(cfg, world_size=2) == healthy
+    assert f"Epochs are not shortened ({healthy} steps per rank)" in note
+    assert str(garbage) in note and str(cut) in note

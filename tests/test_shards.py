@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import sys
 import tarfile
 from pathlib import Path
@@ -346,3 +347,79 @@ def test_shard_urls_for_object_stores_and_http():
     assert shard_url("http://host/d/a b&c.tar") == "pipe:curl -s -L -f 'http://host/d/a b&c.tar'"
     assert shard_url("/data/cc3m/000.tar") == "/data/cc3m/000.tar"
     assert shard_url("pipe:cat /x.tar") == "pipe:cat /x.tar"
+
+
+# ------------------------------------------------------------------ damaged shards
+
+
+def damage(paths: list[str]) -> tuple[set[str], set[str]]:
+    """Write 64 KiB of random bytes into the middle of ``paths[1]`` and cut ``paths[3]`` to half.
+
+    Returns the keys of the two shards whose members all lie clear of the damage
+    (the reader must recover those) and the keys that have a member inside it.
+    """
+    clear, hit = set(), set()
+    garbage = Path(paths[1])
+    start = garbage.stat().st_size // 2 + 100  # not block-aligned: it starts inside a member
+    spans = {paths[1]: (start, start + 65536)}
+    cut = Path(paths[3]).stat().st_size // 2 + 520  # inside a member
+    spans[paths[3]] = (cut, None)
+    for path, (a, b) in spans.items():
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                key = m.name.split(".")[0]
+                lo, hi = m.offset, m.offset_data + m.size
+                outside = hi <= a if b is None else (hi <= a - 1024 or lo >= b)
+                (clear if outside else hit).add(key)
+    clear -= hit
+    with open(paths[1], "r+b") as f:
+        f.seek(start)
+        f.write(random.Random(7).randbytes(65536))
+    with open(paths[3], "r+b") as f:
+        f.truncate(cut)
+    return clear, hit
+
+
+@pytest.mark.parametrize("sizes_json", [False, True])
+def test_damaged_shards_are_read_through_and_every_lost_sample_counted(
+    tmp_path, clip_io, caplog, sizes_json
+):
+    """One pass, two ranks, two real loader workers each: trained + data_skipped adds up."""
+    preprocess, tokenizer = clip_io
+    paths = write_shards(tmp_path, shards=4, per_shard=80)  # rank 0: 00, 02; rank 1: 01, 03
+    keys = {p: keys_in([p]) for p in paths}
+    clear, hit = damage(paths)
+    if sizes_json:
+        (tmp_path / "sizes.json").write_text(json.dumps({Path(p).name: 80 for p in paths}))
+    counted = samples_per_rank(paths, 2)
+    cfg = config(tmp_path, paths, batch_size=1, loader_workers=2, shuffle_buffer=0)
+    texts = all_captions(k for ks in keys.values() for k in ks)
+    trained, skipped = [], []
+    for rank in (0, 1):
+        counter = SkipCounter()
+        loader = make_loader(cfg, preprocess, tokenizer, rank, 2, 0, counter)
+        trained.append({texts[c] for c in captions_of(loader, tokenizer, texts)})
+        skipped.append(counter)
+
+    # rank 0 reads healthy shards only: all of them, nothing skipped
+    assert trained[0] == set(keys[paths[0]] + keys[paths[2]])
+    assert (skipped[0].count, skipped[0].bad_shards, counted[0]) == (0, 0, 160)
+    # rank 1: every sample clear of the damage is trained, those after the garbage included
+    assert clear <= trained[1] <= set(keys[paths[1]] + keys[paths[3]])
+    after_garbage = {k for k in clear if k in keys[paths[1]] and k > min(hit)}
+    assert after_garbage and after_garbage <= trained[1]
+    assert skipped[1].reasons["damaged_shard"] == 2
+    assert skipped[1].bad_shards == 2
+    if sizes_json:
+        # sizes.json says what the shards held: nothing lost goes uncounted
+        assert counted[1] == 160
+        assert len(trained[1]) + skipped[1].count == 160
+        assert skipped[1].reasons["lost_in_damage"] > 0
+    else:
+        # the count reads the same headers: what it finds is trained or counted as skipped
+        assert len(clear) < counted[1] < 160
+        assert len(trained[1]) + skipped[1].count == counted[1]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "bytes " in warned and "unreadable: invalid tar header" in warned
+    assert f"{paths[3]}: ends at byte {Path(paths[3]).stat().st_size} of" in warned
+    assert "truncated inside" in warned

@@ -26,13 +26,17 @@ probability ``data.rewrite_prob`` the caption is a uniformly drawn rewrite, and
 a draw with fewer than two words falls back to the original. LaCLIP's uniform
 choice among the original and ``k`` rewrites is ``rewrite_prob = k / (k + 1)``.
 
-Bad data. Unreadable shards, tar members that cannot be grouped, samples
-without an image or caption, undecodable images and undecodable or malformed
-json are skipped and counted in a :class:`SkipCounter`; the first few are
-logged one by one and each epoch ends with a summary line. The counts include
-what loader workers met while prefetching past the epoch's last batch. A tar
-cut at a member boundary looks complete to ``tarfile`` and is read as a shorter
-shard.
+Bad data. Tar members that cannot be grouped, samples without an image or
+caption, undecodable images and undecodable or malformed json are skipped
+samples, counted in a :class:`SkipCounter`; the first few are logged one by
+one and each epoch ends with a summary line naming the damaged shards. Shards
+are read by :mod:`smotune.data.tars`: garbage or zeros mid-shard, a shard cut
+short and a missing end-of-archive marker are a ``damaged_shard``, read on past
+the damage where a valid header follows; a shard that cannot be read at all is
+an ``unreadable_shard``. When ``sizes.json`` lists a damaged shard, the samples
+its damage hid are counted too (``lost_in_damage``), so skipped samples plus
+trained samples make what the shard held. The counts include what loader
+workers met while prefetching past the epoch's last batch.
 
 The shard list, its checks and sample counts are :mod:`smotune.data.sources`;
 the counter is :mod:`smotune.data.skips`. ``SkipCounter``, ``samples_per_rank``,
@@ -63,6 +67,7 @@ from smotune.data.skips import SkipCounter, describe
 from smotune.data.sources import (
     FIELD,
     check_urls,
+    count_shards,
     indexed_size,
     samples_per_rank,
     shard_list,
@@ -75,6 +80,7 @@ __all__ = [
     "IMAGE_KEYS",
     "ShardLoader",
     "SkipCounter",
+    "count_shards",
     "make_loader",
     "samples_per_rank",
     "shard_list",
@@ -322,15 +328,18 @@ class ShardLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         before = self.skipped.snapshot()
+        noted = len(self.skipped.shard_details)
         batches = 0
         stream = super().__iter__()
         for batch in islice(stream, self.batches_per_epoch):
             batches += 1
             yield batch
         del stream
-        self._end_of_epoch(before, self.skipped.snapshot(), batches)
+        self._end_of_epoch(before, self.skipped.snapshot(), batches, noted)
 
-    def _end_of_epoch(self, before: list[int], after: list[int], batches: int) -> None:
+    def _end_of_epoch(
+        self, before: list[int], after: list[int], batches: int, noted: int = 0
+    ) -> None:
         delta = [a - b for a, b in zip(after, before, strict=True)]
         reasons = {r: delta[i] for i, r in enumerate(SkipCounter.REASONS) if delta[i]}
         skipped = sum(n for r, n in reasons.items() if r in SkipCounter.SAMPLE_REASONS)
@@ -339,7 +348,9 @@ class ShardLoader(DataLoader):
         if reasons:
             detail = ", ".join(f"{r}: {n}" for r, n in reasons.items())
             shards = f" and met {bad_shards} damaged or unreadable shards" if bad_shards else ""
-            log.warning("%s: skipped %d samples%s (%s)", where, skipped, shards, detail)
+            new = self.skipped.shard_details[noted:]  # shards met for the first time
+            damage = "".join(f"; {d}" for d in new)
+            log.warning("%s: skipped %d samples%s (%s)%s", where, skipped, shards, detail, damage)
         expected = self.batches_per_epoch
         if batches and (expected is None or batches == expected):
             return

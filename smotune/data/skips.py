@@ -48,6 +48,7 @@ class SkipCounter:
     def __init__(self) -> None:
         self._counts = multiprocessing.Array("q", len(self.REASONS) + 2)
         self._first_error = multiprocessing.Array("c", 512)
+        self._shard_details = multiprocessing.Array("c", 8192)  # distinct, one a line
 
     def add(self, reason: str, detail: str, n: int = 1) -> None:
         """Count ``n`` skipped items; log the first ``WARN_FIRST`` (damage: every time)."""
@@ -57,11 +58,26 @@ class SkipCounter:
             total = sum(self._counts[: len(self.REASONS)])
             if reason == "unreadable_shard" and not self._first_error.value:
                 self._first_error.value = detail.encode("utf-8", "replace")[:511]
+            if reason in self.SHARD_REASONS or reason == "lost_in_damage":
+                self._note(f"{reason}: {detail}")
         if reason in self.SHARD_REASONS or reason == "lost_in_damage":
             log.warning("skipped (%s) %s", reason, detail)
         elif total <= WARN_FIRST:
             more = "; further skips are summarised per epoch" if total == WARN_FIRST else ""
             log.warning("skipped (%s) %s%s", reason, detail, more)
+
+    def _note(self, line: str) -> None:
+        held = self._shard_details.value.decode("utf-8", "replace")
+        if line not in held.split("\n"):
+            new = (held + "\n" + line if held else line).encode("utf-8", "replace")
+            if len(new) < len(self._shard_details):
+                self._shard_details.value = new
+
+    @property
+    def shard_details(self) -> list[str]:
+        """Each distinct damaged or unreadable shard met and samples lost to it (up to 8 KiB)."""
+        held = self._shard_details.value.decode("utf-8", "replace")
+        return held.split("\n") if held else []
 
     def shard_read(self) -> None:
         self._bump(self._SHARDS)

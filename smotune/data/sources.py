@@ -136,19 +136,21 @@ def indexed_size(url: str) -> int | None:
     path = _local_path(url)
     if path is None:
         return None
-    sizes = _sizes(os.path.dirname(os.path.abspath(path)))
-    value = sizes.get(os.path.basename(path))
+    sizes_path = os.path.join(os.path.dirname(os.path.abspath(path)), "sizes.json")
+    try:
+        stamp = os.stat(sizes_path).st_mtime_ns
+    except OSError:
+        return None
+    value = _sizes(sizes_path, stamp).get(os.path.basename(path))
     return int(value) if isinstance(value, int) and value >= 0 else None
 
 
 @functools.lru_cache(maxsize=64)
-def _sizes(directory: str) -> dict:
-    path = os.path.join(directory, "sizes.json")
+def _sizes(path: str, stamp: int) -> dict:
+    """``sizes.json`` as a dict (read again when its modification time ``stamp`` changes)."""
     try:
         with open(path) as f:
             sizes = json.load(f)
-    except FileNotFoundError:
-        return {}
     except (OSError, ValueError) as exc:
         log.warning("ignoring %s: %s", path, describe(exc))
         return {}
