@@ -18,84 +18,24 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import gather_features
-from torch import nn
+from open_clip.loss import ClipLoss
 
 from smotune.config import LossConfig
 
 
-class SmoothClipLoss(nn.Module):
-    """open_clip's ``ClipLoss`` (same arguments, same call) with ``label_smoothing``.
+class SmoothClipLoss(ClipLoss):
+    """open_clip's ``ClipLoss`` with ``label_smoothing``; only ``forward`` differs.
 
-    Called as ``loss(**model_out, output_dict=True)`` with normalised
-    ``image_features``, ``text_features``, the already exponentiated
-    ``logit_scale`` and optionally ``logit_bias``; returns
-    ``{"contrastive_loss": loss}`` (or the tensor when ``output_dict`` is false).
-    The DDP gather is open_clip's ``gather_features``.
+    The logits (and the DDP gather) are ``ClipLoss.get_logits``, the positives
+    ``ClipLoss.get_ground_truth``. Called as ``loss(**model_out, output_dict=True)``;
+    returns ``{"contrastive_loss": loss}`` (or the tensor when ``output_dict`` is false).
     """
 
-    def __init__(
-        self,
-        label_smoothing: float = 0.0,
-        local_loss: bool = False,
-        gather_with_grad: bool = False,
-        cache_labels: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        super().__init__()
+    def __init__(self, label_smoothing: float = 0.0, **clip_loss_args):
+        super().__init__(**clip_loss_args)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
-        self.cache_labels = cache_labels
-        self.rank = rank
-        self.world_size = world_size
-        self._labels: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-    def get_ground_truth(self, device: torch.device, num_logits: int) -> torch.Tensor:
-        """Column index of each row's positive (offset by ``rank * B_local`` in local mode)."""
-        key = (device, num_logits)
-        if key in self._labels:
-            return self._labels[key]
-        labels = torch.arange(num_logits, device=device, dtype=torch.long)
-        if self.world_size > 1 and self.local_loss:
-            labels = labels + num_logits * self.rank
-        if self.cache_labels:
-            self._labels = {key: labels}
-        return labels
-
-    def get_logits(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image->text and text->image logits, gathered across ranks when ``world_size > 1``."""
-        if self.world_size > 1:
-            all_image, all_text = gather_features(
-                image_features,
-                text_features,
-                local_loss=self.local_loss,
-                gather_with_grad=self.gather_with_grad,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            if self.local_loss:
-                per_image = logit_scale * image_features @ all_text.T
-                per_text = logit_scale * text_features @ all_image.T
-            else:
-                per_image = logit_scale * all_image @ all_text.T
-                per_text = per_image.T
-        else:
-            per_image = logit_scale * image_features @ text_features.T
-            per_text = logit_scale * text_features @ image_features.T
-        if logit_bias is not None:
-            per_image = per_image + logit_bias
-            per_text = per_text + logit_bias
-        return per_image, per_text
 
     def forward(
         self,
