@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
 from ray import tune
@@ -107,6 +108,44 @@ def _check_unchanged(sweep: SweepConfig, path: str, where: str) -> None:
         )
 
 
+def _check_object_store(sweep: SweepConfig, where: str) -> None:
+    """Credentials come from the environment only; a remote storage.path needs its bucket."""
+    shards = sweep.train.data.train
+    for field, url in [("storage.path", sweep.storage.path), ("train.data.train", shards)]:
+        for part in [url] if isinstance(url, str) else url:
+            if "://" in part and "@" in urlparse(part).netloc:  # the URI itself is not shown
+                raise UserError(
+                    where,
+                    field,
+                    "names credentials in the URI (user:secret@...), which would be logged",
+                    "remove them and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
+                    "store's own variables) in the environment",
+                )
+    storage = sweep.storage.path
+    if urlparse(storage).scheme in ("", "file"):
+        return
+    try:
+        fs, root = _fs_path(storage)
+        bucket = root.split("/", 1)[0]
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except (OSError, ValueError) as err:
+        raise UserError(
+            where,
+            "storage.path",
+            f"cannot reach {storage} ({err})".replace("\n", " "),
+            "check the store's endpoint and credentials in the environment (AWS_ENDPOINT_URL, "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)",
+        ) from None
+    if not found:
+        scheme = urlparse(storage).scheme
+        raise UserError(
+            where,
+            "storage.path",
+            f"bucket {scheme}://{bucket} does not exist",
+            "create it (smotune creates folders, not buckets) or correct storage.path",
+        )
+
+
 def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
     """Every check a sweep can fail before a cluster starts; returns the Tune experiment path."""
     storage = sweep.storage.path
@@ -118,6 +157,7 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
             "job's temporary working dir",
             "use a URI (s3://, gs://, file:///shared/...) or an absolute path every node reaches",
         )
+    _check_object_store(sweep, where)
     tracking.check_tracking(sweep.tracking.uri, experiment=sweep.experiment)
     if not optuna_space(sweep):
         raise UserError(where, "space", "has nothing to search", "add a distribution")

@@ -56,3 +56,82 @@ def sqlite_uri(migrated_db, tmp_path) -> str:
     """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
     shutil.copy(migrated_db, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+class S3Server:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 and the env that reaches it."""
+
+    def __init__(self, endpoint: str, secret: str):
+        self.endpoint = endpoint
+        self.secret = secret
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "smotune-test-key",
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def filesystem(self):
+        """A pyarrow S3 filesystem on this server that may create buckets (for test set-up)."""
+        from pyarrow import fs
+
+        return fs.S3FileSystem(
+            access_key=self.env["AWS_ACCESS_KEY_ID"],
+            secret_key=self.secret,
+            endpoint_override=self.endpoint,
+            region="us-east-1",
+            allow_bucket_creation=True,
+        )
+
+    def bucket(self, name: str) -> str:
+        self.filesystem().create_dir(name)
+        return f"s3://{name}"
+
+    def upload(self, local: Path, url: str) -> str:
+        path = url.removeprefix("s3://")
+        with self.filesystem().open_output_stream(path) as out:
+            out.write(Path(local).read_bytes())
+        return url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A ``moto_server`` subprocess on a free 127.0.0.1 port, stopped at the end of the session."""
+    import secrets
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "moto_server did not start"
+            time.sleep(0.2)
+    yield S3Server(endpoint, "smotune-test-secret-" + secrets.token_hex(8))
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> S3Server:
+    """``s3_server`` with its AWS_* variables set in this test's environment (and only there)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from webdataset.tariterators import base_plus_ext
 
 from smotune.config import expand_shards, is_remote
+from smotune.data import objstore
 from smotune.data.skips import describe
 from smotune.data.tars import Damage, read_members
 from smotune.errors import UserError
@@ -32,8 +33,8 @@ FIELD = "data.train"
 
 def shard_url(url: str) -> str:
     """The URL webdataset opens for a shard: object stores and HTTP(S) through a ``pipe:``."""
-    if url.startswith("s3://"):
-        return f"pipe:aws s3 cp {shlex.quote(url)} -"
+    if url.startswith("s3://"):  # pyarrow, credentials from the environment only
+        return objstore.pipe_url(url)
     if url.startswith(("gs://", "gcs://")):
         return f"pipe:gsutil cat {shlex.quote('gs://' + url.split('://', 1)[1])}"
     if url.startswith(("http://", "https://")):
