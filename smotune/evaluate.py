@@ -1,15 +1,18 @@
 """Zero-shot top-1/top-5 of a CLIP model on an eval set, computed as clip_benchmark does.
 
-Classifier: for each class, ``t.format(c=name)`` for every template, encode,
-normalise each embedding, average over templates, normalise again; the columns
-of a (D, C) matrix. Scores: ``100 * normalize(encode_image(x)) @ W``; a sample
-counts for top-k when its label is among the k highest scores.
+Classifier: open_clip's ``build_zero_shot_classifier`` (for each class,
+``t.format(c=name)`` for every template, encode, normalise each embedding,
+average over templates, normalise again; the columns of a (D, C) matrix).
+Scores: ``100 * normalize(encode_image(x)) @ W``; a sample counts for top-k
+when its label is among the k highest scores.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,14 +26,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _encode_texts(model: nn.Module, tokenizer, texts: list[str], device, batch_size: int):
-    chunks = [
-        model.encode_text(tokenizer(texts[i : i + batch_size]).to(device))
-        for i in range(0, len(texts), batch_size)
-    ]
-    return torch.cat(chunks).float()
-
-
 def classifier(
     model: nn.Module,
     tokenizer,
@@ -39,20 +34,30 @@ def classifier(
     device: torch.device | str,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """The (D, C) zero-shot classifier; texts are encoded ``batch_size`` at a time."""
+    """The (D, C) zero-shot classifier: open_clip's ``build_zero_shot_classifier``.
+
+    ``templates`` are ``{c}`` format strings (clip_benchmark's files), wrapped as the
+    callables open_clip takes; each forward encodes whole classes, ``batch_size``
+    texts at most (one class when it has more templates). Runs in eval mode.
+    """
     model = _unwrap(model)
     was_training = model.training
     model.eval()
-    texts = [t.format(c=name) for name in classnames for t in templates]
     try:
-        with torch.no_grad():
-            emb = _encode_texts(model, tokenizer, texts, device, batch_size)
-            emb = F.normalize(emb, dim=-1).view(len(classnames), len(templates), -1)
-            weights = emb.mean(dim=1)
-            weights = weights / weights.norm(dim=-1, keepdim=True)
+        return open_clip.build_zero_shot_classifier(
+            model,
+            tokenizer,
+            classnames,
+            [functools.partial(_fill, template) for template in templates],
+            num_classes_per_batch=max(1, batch_size // len(templates)),
+            device=device,
+        )
     finally:
         model.train(was_training)
-    return weights.t().contiguous()
+
+
+def _fill(template: str, classname: str) -> str:
+    return template.format(c=classname)
 
 
 def zero_shot(
