@@ -159,7 +159,7 @@ def _code_info() -> dict[str, Any]:
 def _start_ray() -> None:
     import ray
 
-    from smotune.trial import TRIAL_DRIVER, start_local_ray
+    from smotune.ray_cluster import TRIAL_DRIVER, start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(num_cpus=2, resources={TRIAL_DRIVER: 1}, log_to_driver=True)
@@ -218,7 +218,7 @@ def train_runs(
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from smotune import trial
+    from smotune import ray_cluster, trial
 
     store = _read(path) or {"epochs": cfg.epochs, "base_train": cfg.model_dump(mode="json")}
     store.setdefault("runs", {})
@@ -275,7 +275,7 @@ def train_runs(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=work,
-                callbacks=[_recorder(done), trial.ReleaseOrphanedWorkers()],
+                callbacks=[_recorder(done), ray_cluster.ReleaseOrphanedWorkers()],
                 verbose=0,
             ),
         ).fit()

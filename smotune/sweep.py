@@ -32,7 +32,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from smotune import confirm, search, tracking, trial
+from smotune import confirm, ray_cluster, search, tracking, trial
 from smotune.config import SweepConfig, absolute_paths, flatten
 from smotune.errors import UserError, redact
 from smotune.space import apply, fixed_values, optuna_space
@@ -203,7 +203,7 @@ def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume, pa
         run_config=tune.RunConfig(
             name=name,
             storage_path=trial.storage_uri(sweep.storage.path),
-            callbacks=[callback, trial.ReleaseOrphanedWorkers()],
+            callbacks=[callback, ray_cluster.ReleaseOrphanedWorkers()],
             verbose=1,
         ),
     )
@@ -228,8 +228,8 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
     started = time.monotonic()
     path = _check_start(sweep, where, resume)
     study_url, study_storage = search.prepare_study(sweep, resume, where)
-    resources = trial.connect(trial_drivers=sweep.search.concurrent)
-    trial.check_fits(sweep.train, resources)
+    resources = ray_cluster.connect(trial_drivers=sweep.search.concurrent)
+    ray_cluster.check_fits(sweep.train, resources)
 
     text = Path(sweep_file).read_text()
     parent_tags = {

@@ -16,7 +16,7 @@ def ray_cluster():
     """A real local Ray (2 CPUs, a `trial_driver` resource for trial drivers) for all tests."""
     import ray
 
-    from smotune.trial import start_local_ray
+    from smotune.ray_cluster import start_local_ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():

@@ -53,7 +53,7 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from smotune import config, trial
+    from smotune import config, ray_cluster, trial
 
     # Cluster writes the head's address to <RAY_TMPDIR or TMPDIR or /tmp>/ray/ray_current_cluster
     # and does not create that directory: on a machine where Ray never ran it would fail.
@@ -62,7 +62,7 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
-            "resources": {trial.TRIAL_DRIVER: 1},
+            "resources": {ray_cluster.TRIAL_DRIVER: 1},
             "temp_dir": temp_dir,
             "gcs_server_port": gcs_port,
             "include_dashboard": True,
