@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def test_training_shards_read_back(small):
         assert len({s["txt"], *rewrites}) == len(rewrites) + 1
         assert 0 <= s["json"]["class"] < len(synth.CLASSES)
     assert len({s["json"]["class"] for s in samples}) >= 40
+
+
+def test_sizes_json_lists_what_each_shard_holds(small):
+    """open_clip's sizes.json, checked against the shards as webdataset reads them."""
+    sizes = json.loads((small / "sizes.json").read_text())
+    shards = sorted(small.glob("train-*.tar"))
+    read = {p.name: sum(1 for _ in wds.WebDataset(str(p), shardshuffle=False)) for p in shards}
+    assert sizes == read
+    assert sum(sizes.values()) == SMALL["train_samples"]
 
 
 def test_captions_vary_and_often_use_class_names(small):

@@ -393,6 +393,10 @@ def generate(
         for path, job in zip(paths, jobs, strict=True):
             _write_tar(path, _job(job))
 
+    # open_clip's sizes.json: what each shard holds, so damage to one is counted exactly
+    spans = _split(train_samples, shards)
+    sizes = {p.name: b - a for p, (a, b) in zip(train_paths, spans, strict=True)}
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
     (eval_dir / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
     (eval_dir / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     (eval_dir / "test" / "nshards.txt").write_text(f"{eval_shards}\n")
