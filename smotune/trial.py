@@ -48,17 +48,18 @@ def build_trainer(
 ):
     """The ``TorchTrainer`` of one run; its checkpoints live at ``storage/name``."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     on_gpu = cfg.workers.gpus > 0
-    runtime = engine.choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=on_gpu)
+    # fp16 on CPU workers is refused here, before any worker starts (each worker checks
+    # CUDA itself); the process-group backend is TorchTrainer's own choice (nccl on GPUs)
+    engine.choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=on_gpu)
     resources = {"CPU": cfg.workers.cpus}
     if on_gpu:
         resources["GPU"] = cfg.workers.gpus
     return TorchTrainer(
         engine.train_worker,
         train_loop_config={"train": cfg.model_dump(mode="json")},
-        torch_config=TorchConfig(backend=runtime.backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers.num, use_gpu=on_gpu, resources_per_worker=resources
         ),

@@ -72,3 +72,23 @@ def test_failure_reason_reads_the_exit_detail_of_a_dead_worker():
         "rank 1: worker died: Worker unexpectedly exits with a connection error code 2"
     )
     assert trial.failure_reason(ValueError("no workers\nat all")) == "ValueError: no workers"
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_torch_trainer_picks_the_backend_the_engine_runs_on(gpus):
+    """build_trainer leaves the process-group backend to TorchTrainer: gloo on CPU, nccl on GPU."""
+    from smotune import engine
+    from smotune.config import TrainConfig
+
+    cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, workers={"gpus": gpus})
+    trainer = trial.build_trainer(cfg, "runs", "backend")
+    expected = engine.choose_runtime(gpus, cfg.precision, cuda_available=True).backend
+    assert trainer.backend_config.backend == expected == ("nccl" if gpus else "gloo")
+
+
+def test_fp16_on_cpu_workers_is_refused_before_any_worker_starts():
+    from smotune.config import TrainConfig
+
+    cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, precision="fp16")
+    with pytest.raises(UserError, match="fp16 needs GPUs"):
+        trial.build_trainer(cfg, "runs", "fp16")
