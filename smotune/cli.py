@@ -37,9 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "workers.num": args.workers}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
-        from smotune.space import apply
-
-        cfg = apply(cfg, overrides, where="command line")
+        cfg = config.apply(cfg, overrides, where="command line")
     from smotune.trial import run_train
 
     run_train(cfg, storage=args.storage, name=args.name, config_file=args.config)

@@ -17,6 +17,7 @@ import builtins
 import copy
 import glob
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,11 +120,26 @@ class TrainConfig(_Strict):
         return self.optim.batch_size * self.workers.num
 
 
-_DIST_KINDS = ("uniform", "loguniform", "int", "choice", "fixed")
+@dataclass(frozen=True)
+class DistKind:
+    """What one kind of ``space:`` entry is; every place that treats kinds apart reads this."""
+
+    shape: Literal["range", "choices", "value"]  # [low, high], [a, b, ...] or one value
+    optuna: str | None  # the optuna.distributions class that searches it; None: not searched
+    log: bool = False
+
+
+DIST_KINDS: dict[str, DistKind] = {
+    "uniform": DistKind("range", "FloatDistribution"),
+    "loguniform": DistKind("range", "FloatDistribution", log=True),
+    "int": DistKind("range", "IntDistribution"),
+    "choice": DistKind("choices", "CategoricalDistribution"),
+    "fixed": DistKind("value", None),
+}
 
 
 class Distribution(_Strict):
-    """One entry of ``space:``: exactly one of the keys below."""
+    """One entry of ``space:``: exactly one of the keys of :data:`DIST_KINDS`."""
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
@@ -134,27 +150,47 @@ class Distribution(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _one_kind(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or len(value) != 1 or not set(value) <= set(_DIST_KINDS):
+        if not isinstance(value, dict) or len(value) != 1 or not set(value) <= set(DIST_KINDS):
             raise ValueError(
-                f"needs exactly one of {', '.join(_DIST_KINDS)}, e.g. {{uniform: [0.0, 0.3]}}"
+                f"needs exactly one of {', '.join(DIST_KINDS)}, e.g. {{uniform: [0.0, 0.3]}}"
             )
         return value
 
     @property
     def kind(self) -> str:
-        return next(k for k in _DIST_KINDS if k in self.model_fields_set)
+        return next(k for k in DIST_KINDS if k in self.model_fields_set)
+
+    @property
+    def value(self) -> Any:
+        """The entry's own value: ``[low, high]``, the choices, or the fixed value."""
+        return getattr(self, self.kind)
+
+    @property
+    def searched(self) -> bool:
+        return DIST_KINDS[self.kind].optuna is not None
+
+    def extremes(self) -> list[Any]:
+        """The values to check against the train config: the bounds, every choice, the value."""
+        return [self.value] if DIST_KINDS[self.kind].shape == "value" else list(self.value)
+
+    def contains(self, value: Any) -> bool:
+        shape = DIST_KINDS[self.kind].shape
+        if shape == "range":
+            low, high = self.value
+            return low <= value <= high
+        return value in self.value if shape == "choices" else value == self.value
 
     @model_validator(mode="after")
     def _bounds(self) -> Distribution:
-        kind = self.kind
-        if kind in ("uniform", "loguniform", "int"):
-            low, high = getattr(self, kind)
+        kind, spec = self.kind, DIST_KINDS[self.kind]
+        if spec.shape == "range":
+            low, high = self.value
             if low >= high:
                 raise ValueError(f"{kind} needs low < high, got [{low}, {high}]")
-            if kind == "loguniform" and low <= 0:
-                raise ValueError(f"loguniform needs low > 0, got {low}")
-        if kind == "choice" and not self.choice:
-            raise ValueError("choice needs a non-empty list")
+            if spec.log and low <= 0:
+                raise ValueError(f"{kind} needs low > 0, got {low}")
+        if spec.shape == "choices" and not self.value:
+            raise ValueError(f"{kind} needs a non-empty list")
         return self
 
 
@@ -406,6 +442,58 @@ def validate_train(data: dict[str, Any], where: str, prefix: str = "") -> TrainC
         raise _user_error(where, err, TrainConfig, prefix) from None
 
 
+def apply(train: TrainConfig, sample: dict[str, Any], where: str = "sample") -> TrainConfig:
+    """A new train config with each dotted path of ``sample`` set; validated."""
+    data = train.model_dump(mode="json")
+    for path, value in sample.items():
+        if not is_train_field(path):
+            raise UserError(where, path, "is not a field of the train config", "use a dotted path")
+        data = set_dotted(data, path, value)
+    return validate_train(data, where)
+
+
+def check_space(sweep: SweepConfig, where: str) -> None:
+    """Every path names a train-config field and every value the space can take is valid there."""
+    for path, dist in sweep.space.items():
+        field = f"space.{path}"
+        if not is_train_field(path):
+            raise UserError(
+                where,
+                field,
+                "is not a field of the train config",
+                "use a dotted path such as loss.label_smoothing, optim.weight_decay, "
+                "model.text_dropout",
+            )
+        # a fixed seed is harmless; fixed epochs would differ from the epochs ASHA counts
+        if path in NOT_SEARCHABLE and (dist.searched or path == "epochs"):
+            raise UserError(
+                where,
+                field,
+                f"cannot be searched: {NOT_SEARCHABLE[path]}",
+                f"remove it from space: and set train.{path} once",
+            )
+        for value in dist.extremes():
+            try:
+                apply(sweep.train, {path: value}, where)
+            except UserError as err:
+                raise UserError(
+                    where,
+                    field,
+                    f"value {value!r} is not valid for train.{path} ({err.problem})",
+                    f"keep the {dist.kind} range inside what train.{path} accepts",
+                ) from None
+    if sweep.search.include_default:
+        flat = flatten(sweep.train.model_dump(mode="json"))
+        for path, dist in sweep.space.items():
+            if dist.searched and not dist.contains(flat[path]):
+                raise UserError(
+                    where,
+                    f"space.{path}",
+                    f"search.include_default is on but train.{path} = {flat[path]!r} is outside it",
+                    f"widen the space or change train.{path}",
+                )
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -431,8 +519,6 @@ def load_sweep(path: str | Path, check_paths: bool = True) -> SweepConfig:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as err:
         raise _user_error(where, err, SweepConfig, "") from None
-    from smotune.space import check_space
-
     check_space(sweep, where)
     if check_paths:
         _check_paths(where, sweep.train, "train.", Path.cwd())

@@ -21,12 +21,12 @@ from smotune.config import (
     DEFAULT_TRACKING_URI,
     MODEL_CONFIG_DIR,
     TrainConfig,
+    apply,
     dump_train,
     is_remote,
     validate_train,
 )
 from smotune.errors import UserError
-from smotune.space import apply
 
 FORMATS = ("yaml", "cmd", "open_clip_train")
 SHOWN_METRICS = ("zeroshot_top1", "zeroshot_top5", "train_loss", "epoch")

@@ -33,9 +33,9 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from smotune import confirm, ray_cluster, search, tracking, trial
-from smotune.config import SweepConfig, absolute_paths, flatten
+from smotune.config import SweepConfig, flatten
 from smotune.errors import UserError, redact
-from smotune.space import apply, fixed_values, optuna_space
+from smotune.space import optuna_space
 
 SWEEP_RECORD = "smotune-sweep.json"
 
@@ -46,10 +46,10 @@ def experiment_path(sweep: SweepConfig) -> str:
 
 
 def _trainable(sweep: SweepConfig):
-    base = apply(absolute_paths(sweep.train), fixed_values(sweep), where="space")
     fn = tune.with_parameters(
         trial.trial_fn,
-        base=base.model_dump(mode="json"),
+        sweep=sweep,
+        base_dir=os.getcwd(),
         storage=f"{experiment_path(sweep)}/train",
     )
     return tune.with_resources(fn, trial.TRIAL_RESOURCES)

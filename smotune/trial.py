@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from smotune import engine
-from smotune.config import TrainConfig, absolute_paths, flatten
+from smotune.config import SweepConfig, TrainConfig, absolute_paths, flatten
 from smotune.errors import UserError
 from smotune.ray_cluster import TRIAL_DRIVER, check_fits, connect
-from smotune.space import apply
+from smotune.space import trial_config
 
 TRIAL_RESOURCES = {"cpu": 0, TRIAL_DRIVER: 1}
 RUN_CONFIG_FILE = "smotune-train.json"  # beside Ray Train's files in <storage>/<name>/
@@ -217,12 +217,18 @@ def run_train(
     return final
 
 
-def trial_fn(config: dict[str, Any], base: dict[str, Any], storage: str) -> None:
-    """The Tune trainable: ``config`` holds the sampled dotted paths; ``base`` the train config."""
+def trial_run_config(sweep: SweepConfig, sample: dict[str, Any], base_dir: str) -> TrainConfig:
+    """What a trial trains: ``space.trial_config`` (the config MLflow logs as ``train.yaml``)
+    with its relative data paths made absolute from ``base_dir``, where the sweep started."""
+    return absolute_paths(trial_config(sweep, sample), Path(base_dir))
+
+
+def trial_fn(config: dict[str, Any], sweep: SweepConfig, base_dir: str, storage: str) -> None:
+    """The Tune trainable: ``config`` holds the sampled dotted paths, ``sweep`` the sweep config."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = apply(TrainConfig.model_validate(base), config, where="trial")
+    cfg = trial_run_config(sweep, config, base_dir)
     trial_id = tune.get_context().get_trial_id()
     fit(build_trainer(cfg, storage, f"train-{trial_id}", callbacks=[TuneReportCallback()]))
 

@@ -51,7 +51,7 @@ def test_samples_round_trip_into_train_configs():
     seen = set()
     for _ in range(20):
         trial = study.ask(space.optuna_space(sweep))
-        cfg = space.apply(sweep.train, {**space.fixed_values(sweep), **trial.params})
+        cfg = space.trial_config(sweep, trial.params)
         flat = config.flatten(cfg.model_dump(mode="json"))
         for path, value in trial.params.items():
             assert flat[path] == value
@@ -67,18 +67,18 @@ def test_samples_round_trip_into_train_configs():
 def test_apply_validates():
     sweep = _sweep({})
     with pytest.raises(UserError, match="less than 1"):
-        space.apply(sweep.train, {"loss.label_smoothing": 1.2})
+        config.apply(sweep.train, {"loss.label_smoothing": 1.2})
     with pytest.raises(UserError, match="not a field"):
-        space.apply(sweep.train, {"loss.nope": 1})
+        config.apply(sweep.train, {"loss.nope": 1})
     with pytest.raises(UserError, match="not a field"):
-        space.apply(sweep.train, {"loss": 0.1})  # a section, not a leaf
-    assert space.apply(sweep.train, {"epochs": 3}).epochs == 3
+        config.apply(sweep.train, {"loss": 0.1})  # a section, not a leaf
+    assert config.apply(sweep.train, {"epochs": 3}).epochs == 3
 
 
 def test_choice_values_are_checked_at_load():
     with pytest.raises(UserError, match="space.precision"):
         sweep = _sweep({"precision": {"choice": ["fp32", "int4"]}})
-        space.check_space(sweep, "f.yaml")
+        config.check_space(sweep, "f.yaml")
 
 
 def test_default_point_is_the_train_configs_values():
@@ -91,7 +91,7 @@ def test_default_point_is_the_train_configs_values():
     )
     assert space.default_point(sweep) == {"loss.label_smoothing": 0.0, "optim.weight_decay": 0.1}
     sweep.search.include_default = True
-    space.check_space(sweep, "f.yaml")
+    config.check_space(sweep, "f.yaml")
     sweep.space["optim.weight_decay"] = config.Distribution(loguniform=(0.2, 1.0))
     with pytest.raises(UserError, match="include_default"):
-        space.check_space(sweep, "f.yaml")
+        config.check_space(sweep, "f.yaml")

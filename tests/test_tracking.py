@@ -22,7 +22,7 @@ import pytest
 import yaml
 from ray.tune.experiment import Trial
 
-from smotune import cli, tracking
+from smotune import cli, space, tracking
 from smotune.config import SweepConfig, dump_train
 from smotune.errors import UserError
 from smotune.tracking.check import error_line
@@ -192,9 +192,7 @@ def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSw
     assert best.data.tags["best"] == "true"
     best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
     assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
-    assert best_yaml == dump_train(
-        tracking.trial_train_config(sweep, {"loss.label_smoothing": 0.0})
-    )
+    assert best_yaml == dump_train(space.trial_config(sweep, {"loss.label_smoothing": 0.0}))
 
     assert not [r for r in [parent, *children] if r.info.status == "RUNNING"]
     rows = {r["trial_id"]: r for r in tracking.sweep_summary(sweep)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from smotune import trial
@@ -92,3 +94,28 @@ def test_fp16_on_cpu_workers_is_refused_before_any_worker_starts():
     cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, precision="fp16")
     with pytest.raises(UserError, match="fp16 needs GPUs"):
         trial.build_trainer(cfg, "runs", "fp16")
+
+
+def test_a_trial_trains_the_config_mlflow_logs_with_absolute_paths(tmp_path):
+    """One composition (train:, fixed values, sample) for the run and for MLflow's train.yaml."""
+    from smotune import space
+    from smotune.config import SweepConfig, absolute_paths
+
+    sweep = SweepConfig.model_validate(
+        {
+            "name": "s",
+            "train": {"data": {"train": "shards/x-{0..3}.tar", "zeroshot": "zs"}},
+            "space": {
+                "loss.label_smoothing": {"uniform": [0.0, 0.2]},
+                "optim.lr": {"fixed": 0.004},
+            },
+        }
+    )
+    sample = {"loss.label_smoothing": 0.15}
+    logged = space.trial_config(sweep, sample)
+    sent = pickle.loads(pickle.dumps(sweep))  # as tune.with_parameters hands it to the trial
+    trained = trial.trial_run_config(sent, sample, str(tmp_path))
+    assert (logged.loss.label_smoothing, logged.optim.lr) == (0.15, 0.004)
+    assert logged.data.zeroshot == "zs"
+    assert trained == absolute_paths(logged, tmp_path)
+    assert trained.data.zeroshot == str(tmp_path / "zs")

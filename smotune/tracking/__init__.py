@@ -63,7 +63,7 @@ from smotune.tracking.names import (
     TRAIN_ARTIFACT,
     TUNE_KEYS,
 )
-from smotune.tracking.params import train_params, trial_train_config
+from smotune.tracking.params import train_params
 from smotune.tracking.read import TrialRecord, best_trial_run, sweep_parent_id, sweep_summary
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
@@ -114,5 +114,4 @@ __all__ = [
     "sweep_parent_id",
     "sweep_summary",
     "train_params",
-    "trial_train_config",
 ]

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from ray.tune import Callback
 
 from smotune.config import SweepConfig, dump_train
+from smotune.space import trial_config
 from smotune.tracking.check import error_line, redact
 from smotune.tracking.journal import (
     Journal,
@@ -58,7 +59,7 @@ from smotune.tracking.names import (
     TAG_SWEEP,
     TAG_TRIAL_ID,
 )
-from smotune.tracking.params import result_metrics, sweep_params, train_params, trial_train_config
+from smotune.tracking.params import result_metrics, sweep_params, train_params
 from smotune.tracking.writer import open_journal
 
 
@@ -183,7 +184,7 @@ class MlflowSweepCallback(Callback):
         """Start the trial's child run (created, or its existing run set RUNNING again)."""
         journal = self._attach()
         old = self._trials.get(trial.trial_id, {})
-        cfg = trial_train_config(self.sweep, trial.config)
+        cfg = trial_config(self.sweep, trial.config)
         tags = {
             TAG_KIND: KIND_TRIAL,
             TAG_TRIAL_ID: trial.trial_id,

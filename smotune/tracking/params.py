@@ -1,4 +1,4 @@
-"""What a run logs: a trial's train config and its params, a sweep's params, a result's metrics."""
+"""What a run logs: a trial's params, a sweep's params, a result's metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 
 from smotune.config import SweepConfig, TrainConfig, flatten
-from smotune.space import apply, fixed_values
 from smotune.tracking.names import METRICS, PARAM_GLOBAL_BATCH, TUNE_KEYS
 
 
@@ -17,11 +16,6 @@ def train_params(cfg: TrainConfig) -> dict[str, str]:
     params = {k: str(v) for k, v in flatten(cfg.model_dump(mode="json")).items()}
     params[PARAM_GLOBAL_BATCH] = str(cfg.global_batch_size)
     return params
-
-
-def trial_train_config(sweep: SweepConfig, trial_config: dict[str, Any]) -> TrainConfig:
-    """The full train config of a trial: the sweep's train config, fixed values, then the sample."""
-    return apply(sweep.train, {**fixed_values(sweep), **trial_config}, where="trial config")
 
 
 def sweep_params(sweep: SweepConfig) -> dict[str, str]:

@@ -220,7 +220,7 @@ def sweep_summary(sweep: SweepConfig, parent_id: str | None = None) -> list[dict
 
 
 def _searched(sweep: SweepConfig, params: dict[str, str]) -> dict[str, Any]:
-    paths = [p for p, dist in sweep.space.items() if dist.kind != "fixed"]
+    paths = [p for p, dist in sweep.space.items() if dist.searched]
     return {p: _param_value(params[p]) for p in paths if p in params}
 
 
