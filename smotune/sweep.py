@@ -264,7 +264,8 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
         why = "interrupted" if interrupted else "out of search.time_budget"
         partial = f"from a partial sweep ({why}): `smotune sweep {sweep_file} --resume` finishes it"
         print(f"the sweep ended early ({why}): no verdict; resume it with --resume")
-    print(_where_to_look(sweep, partial))
+    print(_write_best(sweep, partial))
+    print(_where_to_look(sweep))
     return Outcome(rows, finished, interrupted)
 
 
@@ -320,17 +321,23 @@ def _label(groups: list[confirm.Group], config: dict[str, Any]) -> str:
     return group.label if group is not None else "unknown"
 
 
-def _where_to_look(sweep: SweepConfig, partial: str | None) -> str:
-    """Write best.yaml (marked when the sweep is partial) and say where to look."""
+def _write_best(sweep: SweepConfig, partial: str | None) -> str:
+    """Write best.yaml (headed ``partial`` when the sweep is partial); the line saying so."""
     from smotune.export import export_best
 
-    uri = sweep.tracking.uri
     try:
-        best = export_best(sweep.experiment, tracking_uri=uri, out="best.yaml", note=partial)
+        return export_best(
+            sweep.experiment, tracking_uri=sweep.tracking.uri, out="best.yaml", note=partial
+        )
     except UserError as err:
-        best = f"no best.yaml: {err}"
+        return f"no best.yaml: {err}"
+
+
+def _where_to_look(sweep: SweepConfig) -> str:
+    """The line saying how to compare the trials in MLflow."""
+    uri = sweep.tracking.uri
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    return f"{best}\ncompare the trials: {ui}  (experiment {sweep.experiment!r})"
+    return f"compare the trials: {ui}  (experiment {sweep.experiment!r})"
 
 
 def _cell(value: Any) -> str:
