@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smotune import engine  # noqa: E402
+from smotune import engine, runtime  # noqa: E402
 from smotune import loss as loss_mod  # noqa: E402
 from smotune import model as model_mod  # noqa: E402
 from smotune.config import TrainConfig  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
             },
             optim={"batch_size": args.batch},
         )
-        rt = engine.choose_runtime(0, "fp32", cuda_available=False)
+        rt = runtime.choose_runtime(0, "fp32", cuda_available=False)
 
         def fresh():
             model = model_mod.create(cfg.model, seed=0).train()

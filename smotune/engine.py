@@ -25,7 +25,6 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,53 +37,12 @@ from smotune.config import TrainConfig, dump_train
 from smotune.data import shards, zeroshot
 from smotune.errors import UserError
 from smotune.evaluate import zero_shot
+from smotune.runtime import Runtime, choose_runtime
 
 MODEL_FILE = "model.pt"  # open_clip-loadable state dict
 STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
 CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
 NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale")  # open_clip_train's exclude rule
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how a worker computes: one config runs on CPU and GPU alike."""
-
-    device_type: str  # "cpu" or "cuda"
-    backend: str  # torch.distributed backend: "gloo" or "nccl"
-    autocast_dtype: torch.dtype | None  # None: fp32
-    grad_scaler: bool  # fp16 needs loss scaling
-
-
-def choose_runtime(gpus_per_worker: float, precision: str, cuda_available: bool) -> Runtime:
-    """The device, process-group backend and autocast of a worker.
-
-    ``precision="auto"`` means bf16 autocast on GPU and fp32 on CPU. bf16 is
-    allowed on CPU (autocast supports it); fp16 needs a GPU.
-    """
-    on_gpu = gpus_per_worker > 0
-    if on_gpu and not cuda_available:
-        raise UserError(
-            "config",
-            "workers.gpus",
-            f"asks for {gpus_per_worker} GPU per worker but CUDA is not available here",
-            "set workers.gpus: 0 to train on CPU, or run on a GPU node",
-        )
-    if precision == "fp16" and not on_gpu:
-        raise UserError(
-            "config", "precision", "fp16 needs GPUs", "use precision: bf16 or fp32 on CPU"
-        )
-    dtype = {
-        "auto": torch.bfloat16 if on_gpu else None,
-        "fp32": None,
-        "bf16": torch.bfloat16,
-        "fp16": torch.float16,
-    }[precision]
-    return Runtime(
-        device_type="cuda" if on_gpu else "cpu",
-        backend="nccl" if on_gpu else "gloo",
-        autocast_dtype=dtype,
-        grad_scaler=dtype is torch.float16,
-    )
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smotune import engine
+from smotune import runtime
 from smotune.config import SweepConfig, TrainConfig, absolute_paths, flatten
 from smotune.errors import UserError
 from smotune.ray_cluster import TRIAL_DRIVER, check_fits, connect
@@ -40,6 +40,14 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def train_loop(config: dict[str, Any]) -> None:
+    """Each Train worker's function: ``engine.train_worker``, imported in the worker only
+    (the trial driver needs none of torch's models, open_clip or the data pipeline)."""
+    from smotune import engine
+
+    engine.train_worker(config)
+
+
 def build_trainer(
     cfg: TrainConfig,
     storage: str,
@@ -53,12 +61,12 @@ def build_trainer(
     on_gpu = cfg.workers.gpus > 0
     # fp16 on CPU workers is refused here, before any worker starts (each worker checks
     # CUDA itself); the process-group backend is TorchTrainer's own choice (nccl on GPUs)
-    engine.choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=on_gpu)
+    runtime.choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=on_gpu)
     resources = {"CPU": cfg.workers.cpus}
     if on_gpu:
         resources["GPU"] = cfg.workers.gpus
     return TorchTrainer(
-        engine.train_worker,
+        train_loop,
         train_loop_config={"train": cfg.model_dump(mode="json")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers.num, use_gpu=on_gpu, resources_per_worker=resources

@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from smotune import engine
+from smotune import engine, runtime
 from smotune import loss as loss_mod
 from smotune import model as model_mod
 from smotune.config import LossConfig, ModelConfig, TrainConfig
@@ -34,15 +34,15 @@ def _cfg(**optim) -> TrainConfig:
     ],
 )
 def test_choose_runtime(gpus, precision, cuda, expected):
-    rt = engine.choose_runtime(gpus, precision, cuda)
+    rt = runtime.choose_runtime(gpus, precision, cuda)
     assert (rt.device_type, rt.backend, rt.autocast_dtype, rt.grad_scaler) == expected
 
 
 def test_runtime_mistakes_are_user_errors():
     with pytest.raises(UserError, match="workers.gpus"):
-        engine.choose_runtime(1, "auto", cuda_available=False)
+        runtime.choose_runtime(1, "auto", cuda_available=False)
     with pytest.raises(UserError, match="precision"):
-        engine.choose_runtime(0, "fp16", cuda_available=False)
+        runtime.choose_runtime(0, "fp16", cuda_available=False)
 
 
 def _open_clip_train_exclude():
@@ -128,7 +128,7 @@ def test_one_step_on_cpu_lowers_the_loss(precision):
     tok = model_mod.tokenizer("tiny-vit")
     images = torch.randn(16, 3, 32, 32)
     texts = tok([f"caption {i}" for i in range(16)])
-    rt = engine.choose_runtime(0, precision, cuda_available=False)
+    rt = runtime.choose_runtime(0, precision, cuda_available=False)
     criterion = loss_mod.build(LossConfig(label_smoothing=0.1), 0, 1)
     opt = torch.optim.AdamW(engine.param_groups(m, 0.1), lr=1e-3)
     losses = [
@@ -160,6 +160,8 @@ def test_a_damaged_shard_shortens_no_epoch_that_sizes_json_can_fill(tmp_path):
     from smotune.data import synth
 
     synth.generate(tmp_path, train_samples=400, shards=4, eval_per_class=1, seed=0)
+    written = json.loads((tmp_path / "sizes.json").read_text())
+    (tmp_path / "sizes.json").unlink()  # first without it, as shards from elsewhere may come
     garbage, cut = tmp_path / "train-0001.tar", tmp_path / "train-0003.tar"
     with open(garbage, "r+b") as f:
         f.seek(garbage.stat().st_size // 2)
@@ -177,8 +179,8 @@ def test_a_damaged_shard_shortens_no_epoch_that_sizes_json_can_fill(tmp_path):
     assert str(garbage) in note and "invalid tar header" in note
     assert str(cut) in note and "truncated inside" in note
 
-    sizes = {f"train-{i:04d}.tar": 100 for i in range(4)}
-    (tmp_path / "sizes.json").write_text(json.dumps(sizes))
+    assert written == {f"train-{i:04d}.tar": 100 for i in range(4)}
+    (tmp_path / "sizes.json").write_text(json.dumps(written))
     steps, note = engine.epoch_plan(cfg, world_size=2)
     assert steps == healthy and engine.steps_per_epoch(cfg, world_size=2) == healthy
     assert f"Epochs are not shortened ({healthy} steps per rank)" in note

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from smotune import trial
+from smotune import runtime, trial
 from smotune.errors import UserError
 
 pytestmark = pytest.mark.ray
@@ -79,12 +79,11 @@ def test_failure_reason_reads_the_exit_detail_of_a_dead_worker():
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_torch_trainer_picks_the_backend_the_engine_runs_on(gpus):
     """build_trainer leaves the process-group backend to TorchTrainer: gloo on CPU, nccl on GPU."""
-    from smotune import engine
     from smotune.config import TrainConfig
 
     cfg = TrainConfig(data={"train": "x.tar", "zeroshot": "zs"}, workers={"gpus": gpus})
     trainer = trial.build_trainer(cfg, "runs", "backend")
-    expected = engine.choose_runtime(gpus, cfg.precision, cuda_available=True).backend
+    expected = runtime.choose_runtime(gpus, cfg.precision, cuda_available=True).backend
     assert trainer.backend_config.backend == expected == ("nccl" if gpus else "gloo")
 
 
@@ -119,3 +118,21 @@ def test_a_trial_trains_the_config_mlflow_logs_with_absolute_paths(tmp_path):
     assert logged.data.zeroshot == "zs"
     assert trained == absolute_paths(logged, tmp_path)
     assert trained.data.zeroshot == str(tmp_path / "zs")
+
+
+def test_the_trial_driver_never_imports_open_clip(tmp_path):
+    """Building a run's TorchTrainer loads neither the engine nor open_clip (seconds a trial):
+    the workers import them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from smotune import trial\n"
+        "from smotune.config import TrainConfig\n"
+        "cfg = TrainConfig(data={'train': 'x.tar', 'zeroshot': 'zs'})\n"
+        f"trial.build_trainer(cfg, {str(tmp_path)!r}, 'run')\n"
+        "print(sorted(m for m in ('open_clip', 'smotune.engine') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
