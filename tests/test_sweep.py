@@ -76,7 +76,7 @@ def _first_good_then_bad(samples: int) -> int:
 
 def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    samples = 4
+    samples = 3
     seed = _first_good_then_bad(samples)
     confirm = {"top": 1, "seeds": 2}
     path = _sweep_file(tmp_path, synth_data, "e2e", samples, seed, confirm=confirm)
@@ -188,26 +188,55 @@ def _children(uri: str, name: str) -> list:
     ]
 
 
-def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
+def _ended(uri: str, name: str) -> int:
+    return sum(k.data.tags.get("status") not in (None, "running") for k in _children(uri, name))
+
+
+def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not until():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, f"{what}: not within {timeout} s\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+
+
+def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_data, tmp_path):
+    """One sweep, three drivers: SIGKILLed mid-sweep, resumed and Ctrl-C'd (exit 130, best.yaml
+    marked partial, nothing left RUNNING), resumed again to the end with nothing trained twice."""
     samples = 3
-    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed=0)
+    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed=_first_good_then_bad(samples))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
-    log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(smotune, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill once the first trial has ended and the second started
-        kids = _children(uri, "resume")
-        if len(kids) >= 2 and any(k.data.tags.get("status") != "running" for k in kids):
-            break
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(1)
-    else:
-        raise AssertionError("the sweep did not get to its second trial")
+
+    def start(log: Path, *extra: str) -> subprocess.Popen:
+        out = log.open("w")
+        return subprocess.Popen(
+            [*smotune, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    first_log = tmp_path / "first.log"
+    first = start(first_log)
+    _wait(  # kill once the first trial has ended and the second started
+        first,
+        first_log,
+        lambda: len(_children(uri, "resume")) >= 2 and _ended(uri, "resume") >= 1,
+        "the sweep's second trial",
+    )
     time.sleep(12)  # Tune saves its experiment state at most every 10 s ("auto" period)
     first.send_signal(signal.SIGKILL)
     first.wait()
+
+    ended = _ended(uri, "resume")
+    second_log = tmp_path / "second.log"
+    second = start(second_log, "--resume")
+    _wait(second, second_log, lambda: _ended(uri, "resume") > ended, "a trial of the resumed sweep")
+    second.send_signal(signal.SIGINT)
+    assert second.wait(timeout=300) == 130, second_log.read_text()[-3000:]
+    best = (tmp_path / "best.yaml").read_text()
+    assert best.startswith("# from a partial sweep (interrupted)"), best[:300]
+    assert "--resume" in best.splitlines()[0]
+    assert not [k for k in _children(uri, "resume") if k.info.status == "RUNNING"]
 
     again = subprocess.run(
         [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
@@ -224,6 +253,7 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
         assert steps == sorted(set(steps))
     parents = {k.data.tags["mlflow.parentRunId"] for k in kids}
     assert len(parents) == 1
+    assert not (tmp_path / "best.yaml").read_text().startswith("# from a partial sweep")
 
     # a fresh run of a finished sweep is refused, and so is a --resume of an edited sweep file
     assert subprocess.run([*smotune], cwd=tmp_path, env=env, capture_output=True).returncode == 2
@@ -236,28 +266,3 @@ def test_resume_after_killing_the_driver(ray_cluster, synth_data, tmp_path):
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "search.samples (3 -> 5)" in lines[0], refused.stderr
-
-
-def test_ctrl_c_exits_130_and_marks_best_yaml_partial(ray_cluster, synth_data, tmp_path):
-    samples = 3
-    path = _sweep_file(tmp_path, synth_data, "ctrlc", samples, seed=_first_good_then_bad(samples))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    log = tmp_path / "ctrlc.log"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "smotune", "sweep", str(path)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 600
-    while not any(k.data.tags.get("status") == "completed" for k in _children(uri, "ctrlc")):
-        assert run.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(1)
-    run.send_signal(signal.SIGINT)
-    assert run.wait(timeout=300) == 130, log.read_text()[-3000:]
-    best = (tmp_path / "best.yaml").read_text()
-    assert best.startswith("# from a partial sweep (interrupted)"), best[:300]
-    assert "--resume" in best.splitlines()[0]
-    assert not [k for k in _children(uri, "ctrlc") if k.info.status == "RUNNING"]
