@@ -122,16 +122,20 @@ class Verdict:
     verdict: str | None  # None: too few finished seeds to judge
     baseline: Group
     best: Group
-    diff: float  # best - baseline, in the objective's direction (positive = better)
+    diff: float  # rival - baseline, in the objective's direction (positive = better)
     se: float  # standard error of that difference
+    rival: Group | None = None  # the best searched config (the best, unless the baseline is)
 
     def words(self, metric: str) -> str:
         if self.verdict is None:
             return "no verdict: fewer than two finished seeds for the baseline or the best config"
+        words = f"verdict: {self.verdict} ({VERDICT_WORDS[self.verdict]})"
+        if self.rival is None:
+            return words
         return (
-            f"verdict: {self.verdict} ({VERDICT_WORDS[self.verdict]}): best {self.best.label} "
-            f"{metric} {self.best.mean:.4f} ± {self.best.std:.4f} vs baseline "
-            f"{self.baseline.mean:.4f} ± {self.baseline.std:.4f} over {self.best.n} and "
+            f"{words}: best searched config {self.rival.label} "
+            f"{metric} {self.rival.mean:.4f} ± {self.rival.std:.4f} vs baseline "
+            f"{self.baseline.mean:.4f} ± {self.baseline.std:.4f} over {self.rival.n} and "
             f"{self.baseline.n} seeds; difference {self.diff:+.4f}, noise band ± {2 * self.se:.4f} "
             "(two standard errors)"
         )
@@ -145,11 +149,17 @@ def verdict(groups: list[Group], mode: str) -> Verdict:
     if baseline.n < 2 or not judged:
         return Verdict(None, baseline, baseline, math.nan, math.nan)
     best = max(judged, key=lambda g: (sign * g.mean, g is baseline))
+    rivals = [g for g in judged if g is not baseline]
+    if not rivals:  # no searched config finished two seeds
+        return Verdict(BASELINE_BEST, baseline, baseline, math.nan, math.nan)
+    rival = max(rivals, key=lambda g: sign * g.mean)
+    diff = sign * (rival.mean - baseline.mean)
+    se = math.sqrt(rival.std**2 / rival.n + baseline.std**2 / baseline.n)
     if best is baseline:
-        return Verdict(BASELINE_BEST, baseline, baseline, 0.0, 0.0)
-    diff = sign * (best.mean - baseline.mean)
-    se = math.sqrt(best.std**2 / best.n + baseline.std**2 / baseline.n)
-    return Verdict(BEATS_BASELINE if diff > 2 * se else WITHIN_NOISE, baseline, best, diff, se)
+        return Verdict(BASELINE_BEST, baseline, baseline, diff, se, rival)
+    return Verdict(
+        BEATS_BASELINE if diff > 2 * se else WITHIN_NOISE, baseline, best, diff, se, rival
+    )
 
 
 def format_table(groups: list[Group], metric: str) -> str:

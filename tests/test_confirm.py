@@ -44,6 +44,11 @@ def test_baseline_best_and_min_mode():
     worse = _group("t1", [0.5, 0.55])
     v = confirm.verdict([base, worse], "max")
     assert v.verdict == confirm.BASELINE_BEST and v.best is base
+    # the words compare the best searched config with the baseline, not the baseline with itself
+    assert v.rival is worse and v.diff == pytest.approx(-0.085)
+    words = v.words("zeroshot_top1")
+    assert "best searched config t1 zeroshot_top1 0.5250 ± 0.0354 vs baseline 0.6100" in words
+    assert "difference -0.0850" in words and "noise band ± 0.0539" in words
     # a loss-like objective: lower is better, so the same numbers flip
     v = confirm.verdict([base, worse], "min")
     assert v.best is worse and v.diff == pytest.approx(0.085)
