@@ -52,12 +52,12 @@ def test_demo_sweep_loads():
     assert sweep.name == "demo" and sweep.experiment == "demo"
     assert sweep.train.model.arch == "tiny-vit"
     assert set(sweep.space) == {"loss.label_smoothing", "optim.weight_decay", "model.text_dropout"}
-    assert sweep.train.global_batch_size == 256
+    assert sweep.train.global_batch_size == 128
 
 
 def test_valid_sweep_file(tmp_path):
     sweep = config.load_sweep(_write(tmp_path, _sweep(tmp_path)))
-    assert sweep.search.samples == 6 and sweep.search.confirm.seeds == 2
+    assert sweep.search.samples == 4 and sweep.search.confirm.seeds == 2
 
 
 @pytest.mark.parametrize(
