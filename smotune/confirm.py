@@ -80,13 +80,11 @@ def choose_groups(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> l
     ]
     done.sort(key=lambda t: t.value, reverse=sweep.search.mode == "max")
     groups = [baseline]
+    baseline.search_value = next((t.value for t in done if t.params == baseline.params), None)
     for t in done:
         if len(groups) > sweep.search.confirm.top:
             break
-        if t.params == baseline.params:
-            baseline.search_value = t.value
-            continue
-        if all(g.params != t.params for g in groups):
+        if t.params != baseline.params and all(g.params != t.params for g in groups):
             label = t.user_attrs.get(ATTR_TUNE_TRIAL, f"optuna#{t.number}")
             groups.append(Group(label, dict(t.params), search_value=t.value))
     return groups

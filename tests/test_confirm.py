@@ -123,3 +123,10 @@ def test_groups_are_the_baseline_and_the_top_completed_configs(tmp_path):
         sweep,
     )
     assert groups[0].values == {8: 0.6} and groups[1].values == {8: 0.7}
+
+    # the baseline's search score is shown even when the top-K outrank it
+    sweep.search.confirm.top = 1
+    add(0.12, 0.99)
+    groups = confirm.choose_groups(sweep, storage)
+    assert [g.label for g in groups] == ["baseline", "t0.12"]
+    assert groups[0].search_value == 0.9
