@@ -1,0 +1,177 @@
+"""A real sweep whose shards and storage.path are on a real S3-compatible server (moto_server).
+
+The sweep runs as ``smotune sweep`` in a subprocess with the AWS_* variables in
+its environment and nowhere else; it starts its own local Ray, so its trial
+drivers and Train workers get them as a user's would. Its driver (and its Ray)
+is killed once Tune's state in the bucket holds a finished first trial and a
+running second one, and the second one's first checkpoint is there too;
+``--resume`` continues from that state and that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from pyarrow import fs
+
+pytestmark = pytest.mark.ray
+
+NAME = "s3sweep"
+BUCKET = "smotune-s3-sweep"
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _objects(store: fs.FileSystem, prefix: str) -> list[fs.FileInfo]:
+    try:
+        infos = store.get_file_info(fs.FileSelector(prefix, recursive=True))
+    except FileNotFoundError:
+        return []
+    return [i for i in infos if i.type == fs.FileType.File]
+
+
+def _tune_trials(store: fs.FileSystem, experiment: str) -> list[dict]:
+    """The trials of the newest Tune experiment state in the bucket (status, trial_id)."""
+    states = sorted(
+        i.path for i in _objects(store, experiment) if i.base_name.startswith("experiment_state-")
+    )
+    if not states:
+        return []
+    with store.open_input_stream(states[-1]) as f:
+        data = json.loads(f.readall())
+    return [json.loads(trial) for trial, _ in data["trial_data"]]
+
+
+def _sweep_file(tmp_path: Path, shards: str, zeroshot: Path, uri: str) -> Path:
+    data = {
+        "name": NAME,
+        "train": {
+            "model": {"arch": "tiny-vit"},
+            "data": {
+                "train": shards,
+                "zeroshot": str(zeroshot),
+                "samples_per_epoch": 128,
+                "shuffle_buffer": 16,
+                "loader_workers": 0,
+            },
+            "optim": {"lr": 1e-3, "warmup_steps": 1, "batch_size": 32},
+            "eval": {"max_samples": 64},
+            "epochs": 2,
+            "workers": {"num": 1, "cpus": 1},
+        },
+        "space": {"loss.label_smoothing": {"uniform": [0.0, 0.3]}},
+        "search": {
+            "algo": "random",
+            "samples": 2,
+            "concurrent": 1,
+            "seed": 0,
+            "storage": f"sqlite:///{tmp_path}/optuna.db",
+        },
+        "schedule": {"asha": None},
+        "tracking": {"uri": uri, "experiment": NAME},
+        "storage": {"path": f"s3://{BUCKET}/runs"},
+    }
+    path = tmp_path / f"{NAME}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp_path, sqlite_uri):
+    s3_server.bucket(BUCKET)
+    shards = [
+        s3_server.upload(synth_data / f"train-{i:04d}.tar", f"s3://{BUCKET}/cc/train-{i:04d}.tar")
+        for i in range(2)
+    ]
+    path = _sweep_file(
+        tmp_path, shards[0].replace("0000", "{0000..0001}"), synth_data / "zeroshot", sqlite_uri
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "AWS_"))}
+    env.update(s3_server.env, SMOTUNE_JOURNAL_DIR=str(tmp_path / "journals"))
+    smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
+    store = s3_server.filesystem()
+    experiment = f"{BUCKET}/runs/{NAME}"
+
+    # the first run: killed with its Ray once the bucket holds Tune's state with trial 1 done
+    # and trial 2 running, and trial 2's first checkpoint and Train's snapshot naming it
+    first_log = tmp_path / "first.log"
+    first = subprocess.Popen(
+        smotune,
+        cwd=tmp_path,
+        env=env,
+        stdout=first_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    try:
+        while first.poll() is None:
+            states = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment)}
+            running = [i for i, s in states.items() if s == "RUNNING"]
+            if len(states) == 2 and "TERMINATED" in states.values() and running:
+                run = [i.path for i in _objects(store, f"{experiment}/train/train-{running[0]}")]
+                # Train resumes a run from the checkpoint its snapshot names
+                if any("/checkpoint_" in p for p in run) and any(SNAPSHOT in p for p in run):
+                    break
+            assert time.time() < deadline, first_log.read_text()[-3000:]
+            time.sleep(0.5)
+        killed = first.poll() is None
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    first_out = first_log.read_text()
+    assert killed, first_out[-3000:]
+    saved = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment)}
+    print(f"driver killed: {killed}; Tune state in the bucket then: {saved}")
+
+    # the shards were read from the bucket, and Tune's state and the checkpoints are there
+    assert not (tmp_path / "runs").exists()
+    names = [i.path for i in _objects(store, experiment)]
+    assert f"{experiment}/smotune-sweep.json" in names
+    done = [i for i, s in saved.items() if s == "TERMINATED"]
+    assert any(f"/train/train-{done[0]}/checkpoint_" in n for n in names), names
+
+    again = subprocess.run(
+        [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+
+    # both trials ended; the first was not trained again, the second went on from its
+    # checkpoint in the bucket: each epoch once
+    assert {t["status"] for t in _tune_trials(store, experiment)} == {"TERMINATED"}
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    exp = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([exp.experiment_id])
+    kids = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert sorted(k.data.tags["trial_id"] for k in kids) == sorted(saved)
+    for k in kids:
+        assert k.data.tags["status"] == "completed" and k.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "zeroshot_top1")]
+        assert steps == [1, 2], (k.data.tags["trial_id"], steps)
+    resumed_out = again.stdout + again.stderr
+    assert "epoch 1/2" not in resumed_out, resumed_out[-3000:]
+    assert resumed_out.count("epoch 2/2") == 1, resumed_out[-3000:]
+    parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
+    assert parent.data.tags["sweep_path"] == f"s3://{experiment}"
+
+    # the credentials are in no log, param, tag or stored object
+    key = s3_server.env["AWS_ACCESS_KEY_ID"]
+    for text in (first_out, resumed_out):
+        assert s3_server.secret not in text and key not in text
+    for run in runs:
+        values = [*run.data.params.values(), *run.data.tags.values()]
+        assert not [v for v in values if s3_server.secret in v or key in v], run.info.run_id
+    for info in _objects(store, f"{BUCKET}/runs"):
+        with store.open_input_stream(info.path) as f:
+            assert s3_server.secret.encode() not in f.readall(), info.path
+    for journal in (tmp_path / "journals").rglob("*"):
+        if journal.is_file():
+            assert s3_server.secret not in journal.read_text(errors="replace")
