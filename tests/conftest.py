@@ -52,6 +52,35 @@ def migrated_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def minimal_sweep(tmp_path):
+    """Writes a sweep file over an empty shard and zero-shot dir: enough for the checks a
+    sweep makes before Ray starts. ``minimal_sweep(name, storage, uri, **search)``."""
+    import yaml
+
+    def write(name: str, storage_path: str, uri: str, **search) -> Path:
+        (tmp_path / "zs").mkdir(exist_ok=True)
+        (tmp_path / "train-0000.tar").write_bytes(b"")
+        data = {
+            "name": name,
+            "train": {
+                "data": {
+                    "train": str(tmp_path / "train-0000.tar"),
+                    "zeroshot": str(tmp_path / "zs"),
+                }
+            },
+            "space": {"loss.label_smoothing": {"uniform": [0.0, 0.2]}},
+            "search": search,
+            "tracking": {"uri": uri},
+            "storage": {"path": storage_path},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+@pytest.fixture
 def sqlite_uri(migrated_db, tmp_path) -> str:
     """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
     shutil.copy(migrated_db, tmp_path / "mlflow.db")

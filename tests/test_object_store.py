@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from test_shards import all_captions, captions_of, clip_io, config, keys_in, write_shards
 
 from smotune import sweep
@@ -70,27 +69,13 @@ def test_a_missing_s3_shard_is_one_line(s3_env, tmp_path, clip_io):
     assert s3_env.secret not in done.stderr
 
 
-def _sweep_file(tmp_path: Path, storage: str, uri: str) -> Path:
-    (tmp_path / "zs").mkdir(exist_ok=True)
-    (tmp_path / "train-0000.tar").write_bytes(b"")
-    data = {
-        "name": "s3checks",
-        "train": {
-            "data": {"train": str(tmp_path / "train-0000.tar"), "zeroshot": str(tmp_path / "zs")}
-        },
-        "space": {"loss.label_smoothing": {"uniform": [0.0, 0.2]}},
-        "search": {"storage": f"sqlite:///{tmp_path}/optuna.db"},
-        "tracking": {"uri": uri},
-        "storage": {"path": storage},
-    }
-    path = tmp_path / "s3checks.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def test_s3_storage_holds_the_sweep_record_and_the_probe(s3_env, tmp_path, sqlite_uri):
+def test_s3_storage_holds_the_sweep_record_and_the_probe(
+    s3_env, tmp_path, sqlite_uri, minimal_sweep
+):
     bucket = s3_env.bucket("sweeps-probe")
-    path = _sweep_file(tmp_path, f"{bucket}/runs", sqlite_uri)
+    path = minimal_sweep(
+        "s3checks", f"{bucket}/runs", sqlite_uri, storage=f"sqlite:///{tmp_path}/optuna.db"
+    )
     cfg = load_sweep(path)
     where = str(path)
     experiment = sweep._check_start(cfg, where, resume=False)
@@ -122,8 +107,15 @@ def _selector(path: str):
     return fs.FileSelector(path, recursive=True)
 
 
-def test_a_missing_bucket_is_one_line_before_ray_starts(s3_server, tmp_path, sqlite_uri):
-    path = _sweep_file(tmp_path, "s3://no-such-bucket/runs", sqlite_uri)
+def test_a_missing_bucket_is_one_line_before_ray_starts(
+    s3_server, tmp_path, sqlite_uri, minimal_sweep
+):
+    path = minimal_sweep(
+        "s3checks",
+        "s3://no-such-bucket/runs",
+        sqlite_uri,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+    )
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
@@ -146,16 +138,28 @@ def test_a_missing_bucket_is_one_line_before_ray_starts(s3_server, tmp_path, sql
     assert not (tmp_path / "ray").exists()  # no Ray session was started
 
 
-def test_a_missing_bucket_on_resume_is_the_same_line(s3_env, tmp_path, sqlite_uri):
-    path = _sweep_file(tmp_path, "s3://no-such-bucket/runs", sqlite_uri)
+def test_a_missing_bucket_on_resume_is_the_same_line(s3_env, tmp_path, sqlite_uri, minimal_sweep):
+    path = minimal_sweep(
+        "s3checks",
+        "s3://no-such-bucket/runs",
+        sqlite_uri,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+    )
     with pytest.raises(UserError, match="bucket s3://no-such-bucket does not exist"):
         sweep._check_start(load_sweep(path), str(path), resume=True)
 
 
 @pytest.mark.parametrize("field", ["storage", "shards"])
-def test_credentials_in_a_uri_are_refused_without_showing_them(tmp_path, sqlite_uri, field):
+def test_credentials_in_a_uri_are_refused_without_showing_them(
+    tmp_path, sqlite_uri, field, minimal_sweep
+):
     secret_uri = "s3://AKIAEXAMPLE:hunter2-secret@bucket/runs"
-    path = _sweep_file(tmp_path, secret_uri if field == "storage" else "runs", sqlite_uri)
+    path = minimal_sweep(
+        "s3checks",
+        secret_uri if field == "storage" else "runs",
+        sqlite_uri,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+    )
     cfg = load_sweep(path)
     if field == "shards":
         cfg.train.data.train = [str(tmp_path / "train-0000.tar"), f"{secret_uri}/0.tar"]

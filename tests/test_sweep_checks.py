@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from smotune import sweep
 from smotune.config import SweepConfig
@@ -15,31 +14,16 @@ from smotune.config import SweepConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _sweep_file(tmp_path: Path, storage: str, uri: str) -> Path:
-    (tmp_path / "zs").mkdir(exist_ok=True)
-    (tmp_path / "train-0000.tar").write_bytes(b"")
-    data = {
-        "name": "checks",
-        "train": {
-            "data": {"train": str(tmp_path / "train-0000.tar"), "zeroshot": str(tmp_path / "zs")}
-        },
-        "space": {"loss.label_smoothing": {"uniform": [0.0, 0.2]}},
-        "tracking": {"uri": uri},
-        "storage": {"path": storage},
-    }
-    path = tmp_path / "checks.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.mark.parametrize("where", ["file_in_the_way", "proc"])
-def test_unwritable_storage_is_one_line_before_ray_starts(tmp_path, sqlite_uri, where):
+def test_unwritable_storage_is_one_line_before_ray_starts(
+    tmp_path, sqlite_uri, where, minimal_sweep
+):
     if where == "file_in_the_way":
         (tmp_path / "blocker").write_text("a file, not a folder")
         storage = str(tmp_path / "blocker" / "runs")
     else:
         storage = "/proc/smotune-runs"
-    path = _sweep_file(tmp_path, storage, sqlite_uri)
+    path = minimal_sweep("checks", storage, sqlite_uri)
     done = subprocess.run(
         [sys.executable, "-m", "smotune", "sweep", str(path)],
         cwd=tmp_path,
@@ -94,8 +78,8 @@ def test_summary_shows_string_and_mixed_choices():
     assert table[2].split() == ["b", "-", "-", "-", "0/2", "-", "failed"]
 
 
-def test_resume_with_an_edited_sweep_file_names_what_changed(tmp_path, sqlite_uri):
-    path = _sweep_file(tmp_path, str(tmp_path / "runs"), sqlite_uri)
+def test_resume_with_an_edited_sweep_file_names_what_changed(tmp_path, sqlite_uri, minimal_sweep):
+    path = minimal_sweep("checks", str(tmp_path / "runs"), sqlite_uri)
     from smotune import config
 
     cfg = config.load_sweep(path)
