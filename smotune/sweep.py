@@ -270,8 +270,14 @@ def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) 
 
 
 def _ended(grid: Any, expected: int) -> bool:
-    """Whether every trial a Tuner was to run has ended (finished or failed)."""
-    return grid.num_terminated + grid.num_errors >= expected
+    """Whether every trial a Tuner was to run has ended (finished or failed).
+
+    Tune's count alone is not enough: a trial still PENDING when Ctrl-C comes ends
+    TERMINATED without having run (seen in test_sweep's Ctrl-C test): its metrics hold only
+    its ``trial_id``, no reported result.
+    """
+    ran = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("training_iteration"))
+    return grid.num_terminated + grid.num_errors >= expected and ran >= expected
 
 
 def _confirm(
