@@ -146,17 +146,16 @@ def verdict(groups: list[Group], mode: str) -> Verdict:
     judged = [g for g in groups if g.n >= 2]
     if baseline.n < 2 or not judged:
         return Verdict(None, baseline, baseline, math.nan, math.nan)
-    best = max(judged, key=lambda g: (sign * g.mean, g is baseline))
     rivals = [g for g in judged if g is not baseline]
     if not rivals:  # no searched config finished two seeds
         return Verdict(BASELINE_BEST, baseline, baseline, math.nan, math.nan)
     rival = max(rivals, key=lambda g: sign * g.mean)
     diff = sign * (rival.mean - baseline.mean)
     se = math.sqrt(rival.std**2 / rival.n + baseline.std**2 / baseline.n)
-    if best is baseline:
+    if diff <= 0:  # a tie goes to the baseline
         return Verdict(BASELINE_BEST, baseline, baseline, diff, se, rival)
     return Verdict(
-        BEATS_BASELINE if diff > 2 * se else WITHIN_NOISE, baseline, best, diff, se, rival
+        BEATS_BASELINE if diff > 2 * se else WITHIN_NOISE, baseline, rival, diff, se, rival
     )
 
 
