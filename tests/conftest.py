@@ -81,6 +81,27 @@ def minimal_sweep(tmp_path):
 
 
 @pytest.fixture
+def bare_sweep(tmp_path):
+    """Runs ``smotune sweep PATH`` as a new user's shell would, in a bare environment (plus
+    ``env``) whose HOME and RAY_TMPDIR are in ``tmp_path``: a Ray start would leave tmp_path/ray."""
+    import subprocess
+    import sys
+
+    def run(path: Path, **env: str) -> subprocess.CompletedProcess:
+        bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path / "ray")}
+        return subprocess.run(
+            [sys.executable, "-m", "smotune", "sweep", str(path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**bare, **env},
+        )
+
+    return run
+
+
+@pytest.fixture
 def sqlite_uri(migrated_db, tmp_path) -> str:
     """A fresh MLflow sqlite store in ``tmp_path`` (a copy of the migrated empty one)."""
     shutil.copy(migrated_db, tmp_path / "mlflow.db")

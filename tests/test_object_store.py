@@ -108,7 +108,7 @@ def _selector(path: str):
 
 
 def test_a_missing_bucket_is_one_line_before_ray_starts(
-    s3_server, tmp_path, sqlite_uri, minimal_sweep
+    s3_server, tmp_path, sqlite_uri, minimal_sweep, bare_sweep
 ):
     path = minimal_sweep(
         "s3checks",
@@ -116,20 +116,7 @@ def test_a_missing_bucket_is_one_line_before_ray_starts(
         sqlite_uri,
         storage=f"sqlite:///{tmp_path}/optuna.db",
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "RAY_TMPDIR": str(tmp_path / "ray"),
-        **s3_server.env,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "smotune", "sweep", str(path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    done = bare_sweep(path, **s3_server.env)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("where", ["file_in_the_way", "proc"])
 def test_unwritable_storage_is_one_line_before_ray_starts(
-    tmp_path, sqlite_uri, where, minimal_sweep
+    tmp_path, sqlite_uri, where, minimal_sweep, bare_sweep
 ):
     if where == "file_in_the_way":
         (tmp_path / "blocker").write_text("a file, not a folder")
@@ -24,14 +22,7 @@ def test_unwritable_storage_is_one_line_before_ray_starts(
     else:
         storage = "/proc/smotune-runs"
     path = minimal_sweep("checks", storage, sqlite_uri)
-    done = subprocess.run(
-        [sys.executable, "-m", "smotune", "sweep", str(path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path / "ray")},
-    )
+    done = bare_sweep(path)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "storage.path" in lines[0] and "cannot create or write" in lines[0]
