@@ -10,6 +10,7 @@ when its label is among the k highest scores.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from contextlib import nullcontext
 
 import open_clip
@@ -60,6 +61,57 @@ def _fill(template: str, classname: str) -> str:
     return template.format(c=classname)
 
 
+def scored_batches(
+    model: nn.Module,
+    tokenizer,
+    evalset: EvalSet,
+    device: torch.device | str,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits [B, C], labels [B])`` per batch of ``evalset``, in the loader's fixed order.
+
+    ``logits = 100 * normalize(encode_image(x)) @ W`` in fp32, ``W`` the classifier of
+    :func:`classifier`. The image pass runs under ``torch.autocast`` when
+    ``autocast_dtype`` is given. The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    model = _unwrap(model)
+    was_training = model.training
+    weights = classifier(
+        model, tokenizer, evalset.classnames, evalset.templates, device, batch_size
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    )
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, labels in evalset.loader(batch_size):
+                images, labels = images.to(device), labels.to(device)
+                with autocast:
+                    features = model.encode_image(images)
+                yield 100.0 * F.normalize(features.float(), dim=-1) @ weights, labels
+    finally:
+        model.train(was_training)
+
+
+def hits(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """How many samples have their label first, and among the top min(5, C), of ``scores``."""
+    k = min(5, scores.shape[1])
+    correct = scores.topk(k, dim=1).indices == labels[:, None]
+    return int(correct[:, 0].sum()), int(correct.any(dim=1).sum())
+
+
+def no_images(evalset: EvalSet) -> UserError:
+    return UserError(
+        str(evalset.root),
+        FIELD,
+        f"no readable images ({evalset.skipped} skipped)",
+        "check the eval set's images",
+    )
+
+
 def zero_shot(
     model: nn.Module,
     tokenizer,
@@ -70,42 +122,16 @@ def zero_shot(
 ) -> dict[str, float | int]:
     """``zeroshot_top1``, ``zeroshot_top5`` (fractions) and ``zeroshot_samples`` on ``evalset``.
 
-    The image pass runs under ``torch.autocast`` when ``autocast_dtype`` is given;
-    logits are computed in fp32. Top-5 means top-min(5, C). The model's train/eval
-    mode is restored afterwards.
+    Scored from :func:`scored_batches`; top-5 means top-min(5, C).
     """
-    device = torch.device(device)
-    model = _unwrap(model)
-    was_training = model.training
-    weights = classifier(
-        model, tokenizer, evalset.classnames, evalset.templates, device, batch_size
-    )
-    k = min(5, len(evalset.classnames))
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    )
     top1 = top5 = samples = 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for images, labels in evalset.loader(batch_size):
-                images, labels = images.to(device), labels.to(device)
-                with autocast:
-                    features = model.encode_image(images)
-                logits = 100.0 * F.normalize(features.float(), dim=-1) @ weights
-                correct = logits.topk(k, dim=1).indices == labels[:, None]
-                top1 += int(correct[:, 0].sum())
-                top5 += int(correct.any(dim=1).sum())
-                samples += len(labels)
-    finally:
-        model.train(was_training)
+    for logits, labels in scored_batches(
+        model, tokenizer, evalset, device, batch_size, autocast_dtype
+    ):
+        one, five = hits(logits, labels)
+        top1, top5, samples = top1 + one, top5 + five, samples + len(labels)
     if samples == 0:
-        raise UserError(
-            str(evalset.root),
-            FIELD,
-            f"no readable images ({evalset.skipped} skipped)",
-            "check the eval set's images",
-        )
+        raise no_images(evalset)
     return {
         "zeroshot_top1": top1 / samples,
         "zeroshot_top5": top5 / samples,
