@@ -8,13 +8,11 @@ import json
 import os
 import pickle
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -210,52 +208,6 @@ def test_tune_sweep_logged_to_sqlite(ray_cluster, sqlite_uri, tmp_path, monkeypa
     sweep, text = make_sweep(uri)
     callback = run_tune(sweep, text, tmp_path / "ray", list(GRID))
     check_logged_sweep(uri, sweep, callback)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts); its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=root,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=open(root / "server.log", "w"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.mark.ray
@@ -462,8 +414,8 @@ def test_dead_store_never_holds_up_the_hooks(tmp_path, monkeypatch, capsys):
     callback.on_experiment_end([])
     assert time.monotonic() - start < 10
     path = tracking.sweep_journal_path(sweep)
-    assert tracking_line(capsys.readouterr().out) == (
-        f"tracking: 7 writes not yet written (store unreachable): run `smotune sync {path}`"
+    assert tracking_line(capsys.readouterr().out) == (  # 7 writes and 2 plot refreshes
+        f"tracking: 9 writes not yet written (store unreachable): run `smotune sync {path}`"
     )
     try:
         # the sweep's last steps read what the journal knows, and refuse to export from MLflow
@@ -473,10 +425,10 @@ def test_dead_store_never_holds_up_the_hooks(tmp_path, monkeypatch, capsys):
         ]
         parent = tracking.sweep_parent_id(uri, sweep.experiment, str(path.parent))
         assert parent.startswith("sweep-") and callback.parent_run_id is None  # its journal key
-        with pytest.raises(UserError, match=f"7 MLflow writes .* not yet written.*sync {path}"):
+        with pytest.raises(UserError, match=f"9 MLflow writes .* not yet written.*sync {path}"):
             tracking.check_tracking(uri, existing=True)
         assert cli.main(["sync", str(path), "--timeout", "1"]) == 1
-        assert "7 writes not yet written" in tracking_line(capsys.readouterr().out)
+        assert "9 writes not yet written" in tracking_line(capsys.readouterr().out)
     finally:
         close_journal(live(path))
 
@@ -542,11 +494,12 @@ def test_killed_writer_leaves_a_journal_sync_completes(sqlite_uri, tmp_path, cap
             proc.kill()
             proc.wait()
     path = tmp_path / "runs" / sweep.name / tracking.JOURNAL_FILE
-    assert tracking_line(log.read_text()) == (  # b's start, 3 epochs and end; the sweep's end
-        f"tracking: 6 writes not yet written (store unreachable): run `smotune sync {path}`"
+    # b's start, 3 epochs, end and plots; the sweep's end and plots
+    assert tracking_line(log.read_text()) == (
+        f"tracking: 8 writes not yet written (store unreachable): run `smotune sync {path}`"
     )
     assert cli.main(["sync", str(path)]) == 0
-    assert tracking_line(capsys.readouterr().out) == "tracking: 6 writes delayed, all written"
+    assert tracking_line(capsys.readouterr().out) == "tracking: 8 writes delayed, all written"
     check_written(sqlite_uri, sweep.experiment, ["aaaa0001", "bbbb0002"])
     assert cli.main(["sync", str(path)]) == 0
     assert tracking_line(capsys.readouterr().out) == "tracking: 0 writes delayed, all written"

@@ -229,6 +229,11 @@ class MlflowSweepCallback(Callback):
         )
         rec.update(status=status, reason=reason, open=False)
 
+    def _refresh_plots(self) -> None:
+        """Redraw the parent's plots once what is journalled so far is written (the writer's
+        ``plots`` op: drawn off Tune's thread, only the newest of several waiting)."""
+        self._attach().append("plots", parent=self._parent_key)
+
     def _checkpoint_tag(
         self, rec: dict[str, Any], trial: Any, result: dict | None = None
     ) -> dict[str, str]:
@@ -280,11 +285,13 @@ class MlflowSweepCallback(Callback):
         else:
             done = rec["last_epoch"] >= rec["epochs"]
             self._end(trial.trial_id, COMPLETED if done else EARLY_STOPPED, tags=tags)
+        self._refresh_plots()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._rec(trial)
         reason = rec["reason"] if rec["status"] == FAILED else _trial_error(trial)
         self._end(trial.trial_id, FAILED, reason)
+        self._refresh_plots()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         journal = self._attach()
@@ -309,5 +316,6 @@ class MlflowSweepCallback(Callback):
             mode=search.mode,
             time=int(time.time() * 1000),
         )
+        self._refresh_plots()
         journal.drain(drain_timeout())
         print(journal.status_line(), flush=True)

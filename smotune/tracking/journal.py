@@ -239,6 +239,14 @@ class Journal:
             if key not in self.state.runs:
                 self.resolve(key, run_id)
 
+    def superseded(self, op: dict[str, Any]) -> bool:
+        """Whether a later pending op repeats ``op`` (same ``op`` and ``parent``): skip it."""
+        with self.cond:
+            return any(
+                p["n"] > op["n"] and p["op"] == op["op"] and p.get("parent") == op.get("parent")
+                for p in self.pending
+            )
+
     def key_for(self, ref: str | None) -> str | None:
         with self.cond:
             return self.state.key_for(ref)

@@ -57,6 +57,7 @@ RUN_STATUS = {COMPLETED: "FINISHED", EARLY_STOPPED: "FINISHED", FAILED: "FAILED"
 SWEEP_ARTIFACT = "sweep.yaml"
 TRAIN_ARTIFACT = "train.yaml"
 BEST_ARTIFACT = "best.yaml"
+PLOTS_DIR = "plots"  # the parent's plots (smotune.plots), refreshed as trials end
 BEST_PREFIX = "best_"
 PARAM_GLOBAL_BATCH = "global_batch_size"
 RESULT_CHECKPOINT = "checkpoint_path"  # what Ray Train's TuneReportCallback adds to results

@@ -19,7 +19,10 @@ Operations (JSON fields besides ``t``, ``n``, ``op``):
   ends children still RUNNING as KILLED, marks the best (search phase), ends
   the parent FINISHED;
 - ``verdict``: ``parent``, ``verdict``, ``metrics``, ``best_label``, ``time`` (see
-  :mod:`smotune.tracking.verdict`).
+  :mod:`smotune.tracking.verdict`);
+- ``plots``: ``parent``; draws the sweep's plots from what MLflow holds and logs
+  them under the parent's ``plots/`` (skipped when a later ``plots`` op of the
+  same parent waits: only the newest is drawn; see :mod:`smotune.tracking.history`).
 """
 
 from __future__ import annotations
@@ -248,6 +251,12 @@ class Store:
         )
         client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
         client.set_tag(best_id, TAG_BEST, "true")
+
+    def _plots(self, op: dict[str, Any]) -> None:
+        from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
+
+        if not self.journal.superseded(op):
+            upload_plots(self.client, self.run_id(op["parent"]))
 
     def _verdict(self, op: dict[str, Any]) -> None:
         from smotune.tracking.verdict import write_verdict

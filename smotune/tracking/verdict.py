@@ -41,7 +41,8 @@ def log_verdict(
     journal this process writes: a run id or a journal key) the write goes
     through the journal like every other, and a ``tracking:`` line is printed
     if it cannot be written now; returns None then. Otherwise it is written at
-    once and returns the winner's run id (None if none finished).
+    once and returns the winner's run id (None if none finished). Either way the
+    parent's plots are drawn again after it (the seed spread, the verdict).
     """
     values = dict(zip(CONFIRM_METRICS, [*baseline, *best], strict=True))
     metrics = {k: v for k, v in values.items() if math.isfinite(v)}
@@ -57,11 +58,16 @@ def log_verdict(
                 best_label=best_label,
                 time=now,
             )
+            journal.append("plots", parent=key)  # the seed spread, the verdict in its title
             if not journal.drain(drain_timeout()):
                 print(journal.status_line(), flush=True)
             return None
     client = mlflow.MlflowClient(tracking_uri=uri)
-    return write_verdict(client, parent_id, verdict, metrics, best_label, now)
+    best_id = write_verdict(client, parent_id, verdict, metrics, best_label, now)
+    from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
+
+    upload_plots(client, parent_id)
+    return best_id
 
 
 def write_verdict(

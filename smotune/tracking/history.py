@@ -1,0 +1,137 @@
+"""A sweep read back from MLflow as plain data for the plots and the report; its plots uploaded.
+
+:func:`sweep_data` turns a parent run and its children into a
+:class:`smotune.plots.SweepData`: the objective and ASHA's settings from the
+parent's params, the searched space from its ``space.<path>`` params, each
+search trial's ``search.metric`` history (step = epoch), the confirm runs'
+seeds and final values, the verdict. :func:`upload_plots` draws them into the
+parent's ``plots/`` artifacts (the journal's ``plots`` operation, as trials
+end); :func:`read_sweep` finds the latest sweep of an experiment for
+``smotune report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+
+from smotune import plots
+from smotune.config import Distribution
+from smotune.tracking.check import check_tracking
+from smotune.tracking.names import (
+    PHASE_CONFIRM,
+    PHASE_SEARCH,
+    PLOTS_DIR,
+    TAG_BEST_TRIAL,
+    TAG_CONFIRM_OF,
+    TAG_PHASE,
+    TAG_REASON,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    TAG_VERDICT,
+)
+from smotune.tracking.read import _latest_sweep, _objective, _param_value, children
+
+log = logging.getLogger(__name__)
+
+SPACE_PREFIX = "space."
+
+
+def _space(params: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The searched entries of the parent's ``space.<path>`` params, as the sweep file has them."""
+    space = {}
+    for key, text in sorted(params.items()):
+        if key.startswith(SPACE_PREFIX):
+            entry = yaml.safe_load(text)
+            if Distribution.model_validate(entry).searched:
+                space[key.removeprefix(SPACE_PREFIX)] = entry
+    return space
+
+
+def _asha(params: dict[str, str]) -> tuple[int, float] | None:
+    if "schedule.asha.grace" not in params:
+        return None
+    return int(params["schedule.asha.grace"]), float(params["schedule.asha.reduction"])
+
+
+def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
+    """The sweep of ``parent`` (a parent run) as the plots and the report take it."""
+    params = parent.data.params
+    metric, mode = _objective(parent)
+    space = _space(params)
+    trials, seeds, epochs = [], [], 0
+    for run in children(client, parent.info.experiment_id, parent.info.run_id):
+        tags, run_params = run.data.tags, run.data.params
+        epochs = max(epochs, int(run_params.get("epochs", 0)))
+        searched = {p: _param_value(run_params[p]) for p in space if p in run_params}
+        value = run.data.metrics.get(metric)
+        status = tags.get(TAG_STATUS, "")
+        if tags.get(TAG_PHASE, PHASE_SEARCH) == PHASE_CONFIRM:
+            seed = int(tags.get(TAG_SEED, run_params.get("seed", 0)))
+            group = tags.get(TAG_CONFIRM_OF, "")
+            seeds.append(plots.SeedData(group, seed, status, value, searched))
+            continue
+        history = client.get_metric_history(run.info.run_id, metric)
+        curve = sorted({int(m.step): m.value for m in history}.items())
+        trials.append(
+            plots.TrialData(
+                label=tags.get(TAG_TRIAL_ID, run.info.run_name),
+                status=status,
+                params=searched,
+                curve=curve,
+                value=value,
+                epochs_run=int(run.data.metrics.get("epoch", curve[-1][0] if curve else 0)),
+                reason=tags.get(TAG_REASON, ""),
+            )
+        )
+    tags = parent.data.tags
+    return plots.SweepData(
+        name=tags.get(TAG_SWEEP, parent.info.run_name),
+        metric=metric,
+        mode=mode,
+        epochs=epochs or max((t.epochs_run for t in trials), default=1),
+        space=space,
+        asha=_asha(params),
+        trials=trials,
+        seeds=seeds,
+        verdict=tags.get(TAG_VERDICT),
+        run_id=parent.info.run_id,
+        run_name=parent.info.run_name,
+        best_trial=tags.get(TAG_BEST_TRIAL),
+        parent_metrics=dict(parent.data.metrics),
+    )
+
+
+def upload_plots(client: mlflow.MlflowClient, parent_id: str) -> plots.Rendered | None:
+    """Draw the sweep's plots from what MLflow holds and log them under the parent's ``plots/``.
+
+    A store that cannot be read or written raises (the journal retries it, like
+    any write); anything else going wrong is a logged warning and None: plots
+    never stop a sweep.
+    """
+    try:
+        data = sweep_data(client, client.get_run(parent_id))
+    except (MlflowException, OSError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a plot is never worth stopping the writer
+        log.warning("plots of run %s not drawn: %s: %s", parent_id, type(err).__name__, err)
+        return None
+    with tempfile.TemporaryDirectory(prefix="smotune-plots-") as tmp:
+        rendered = plots.render(data, tmp)
+        if rendered.files:
+            client.log_artifacts(parent_id, tmp, PLOTS_DIR)
+    return rendered
+
+
+def read_sweep(uri: str, experiment: str, where: str) -> plots.SweepData:
+    """The latest sweep of ``experiment`` at ``uri`` (checked first: one-line errors)."""
+    check_tracking(uri, where=where, existing=True)
+    client, _, parent = _latest_sweep(uri, experiment)
+    return sweep_data(client, parent)

@@ -1,0 +1,112 @@
+"""smotune.plots from plain data: ASHA's rungs as Ray places them, the study Optuna's figures
+read, what is left out and why, and a plot that breaks never stopping the others."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import pytest
+from PIL import Image
+
+from smotune import plots
+
+SPACE = {
+    "loss.label_smoothing": {"uniform": [0.0, 0.3]},
+    "optim.weight_decay": {"loguniform": [0.01, 1.0]},
+    "optim.lr": {"choice": [1e-3, 1e-9]},
+}
+
+
+def sweep(n: int, seeds: bool = True, space: dict | None = None) -> plots.SweepData:
+    """``n`` trials: every third stopped by ASHA at epoch 1, the fifth failed, others completed."""
+    trials = []
+    for i in range(n):
+        params = {"loss.label_smoothing": 0.3 * i / max(n, 1), "optim.weight_decay": 0.01 * 1.5**i}
+        params["optim.lr"] = 1e-9 if i % 3 == 2 else 1e-3
+        status = "early_stopped" if i % 3 == 2 else "failed" if i == 4 else "completed"
+        epochs = 3 if status == "completed" else 1
+        curve = [(e, 0.5 - params["loss.label_smoothing"] + 0.03 * e) for e in range(1, epochs + 1)]
+        trials.append(plots.TrialData(f"t{i:04d}", status, params, curve, curve[-1][1], epochs))
+    confirm = [
+        plots.SeedData(g, s, "completed", 0.4 + 0.01 * s + (0.05 if g != "baseline" else 0.0))
+        for g in ("t0000", "baseline")
+        for s in (1, 2, 3)
+    ]
+    confirm.append(plots.SeedData("baseline", 4, "failed", None))
+    return plots.SweepData(
+        "t", "zeroshot_top1", "max", 3, space or SPACE, (1, 2.0), trials, confirm if seeds else []
+    )
+
+
+@pytest.mark.parametrize(
+    "grace,reduction,epochs", [(1, 2.0, 2), (1, 3.0, 10), (2, 2.0, 16), (1, 4.0, 3), (3, 3.0, 2)]
+)
+def test_rungs_are_where_rays_asha_compares(grace, reduction, epochs):
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(
+        time_attr="epoch",
+        metric="m",
+        mode="max",
+        max_t=epochs,
+        grace_period=min(grace, epochs),
+        reduction_factor=reduction,
+    )
+    ray_rungs = sorted(m for m, _ in asha._brackets[0]._rungs if m < epochs)
+    assert plots.rung_epochs(grace, reduction, epochs) == ray_rungs
+
+
+def test_the_study_holds_what_the_sweep_told_optuna():
+    data = sweep(6)
+    st = plots.study(data)
+    by_label = {t.user_attrs["tune_trial_id"]: t for t in st.trials}
+    assert set(by_label) == {t.label for t in data.trials}
+    for t in data.trials:
+        frozen = by_label[t.label]
+        want = {"completed": "COMPLETE", "early_stopped": "PRUNED", "failed": "FAIL"}[t.status]
+        assert frozen.state.name == want
+        assert frozen.intermediate_values == dict(t.curve)
+        assert frozen.params == t.params
+        assert frozen.value == (t.value if want == "COMPLETE" else None)
+    assert st.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_render_draws_every_plot_or_says_why_not(tmp_path):
+    done = plots.render(sweep(8), tmp_path / "all")
+    assert done.skipped == {}
+    assert done.files == [
+        "learning_curves.png",
+        "optimization_history.png",
+        "parallel_coordinates.png",
+        "param_importances.png",
+        "slice.png",
+        "seed_spread.png",
+        "optuna.html",
+    ]
+    for name in done.files[:-1]:
+        with Image.open(tmp_path / "all" / name) as img:
+            img.verify()
+
+    early = plots.render(sweep(1, seeds=False), tmp_path / "one")
+    assert early.skipped == {
+        "param_importances.png": "needs at least two completed trials",
+        "seed_spread.png": "no confirm run has completed",
+    }
+    assert not (tmp_path / "one" / "seed_spread.png").exists()
+
+
+def test_a_broken_plot_is_a_warning_and_the_others_are_drawn(tmp_path, caplog):
+    broken = {**SPACE, "optim.weight_decay": {"loguniform": [0.0, 1.0]}}  # log of 0
+    with caplog.at_level(logging.WARNING, logger="smotune.plots"):
+        done = plots.render(sweep(6, space=broken), tmp_path)
+    assert "learning_curves.png" in done.files and "seed_spread.png" in done.files
+    failed = {n: why for n, why in done.skipped.items() if why.startswith("failed: ")}
+    assert "parallel_coordinates.png" in failed and "slice.png" in failed
+    assert all(f"plot {n} of t not drawn" in caplog.text for n in failed)
+
+
+def test_seed_groups_count_only_completed_runs():
+    groups = plots.seed_groups(sweep(3))
+    assert list(groups) == ["baseline", "t0000"]  # the baseline first
+    assert groups["baseline"] == pytest.approx({1: 0.41, 2: 0.42, 3: 0.43})
