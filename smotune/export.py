@@ -18,7 +18,6 @@ import yaml
 
 from smotune import tracking
 from smotune.config import (
-    DEFAULT_TRACKING_URI,
     MODEL_CONFIG_DIR,
     TrainConfig,
     apply,
@@ -33,15 +32,6 @@ SHOWN_METRICS = ("zeroshot_top1", "zeroshot_top5", "train_loss", "epoch")
 
 OPEN_CLIP_PRECISION = {"auto": "amp_bf16", "bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}
 """Our precision -> open_clip_train's ``--precision`` (``auto`` is bf16 autocast on a GPU)."""
-
-
-def _tracking_uri(tracking_uri: str | None) -> tuple[str, str]:
-    """The tracking URI and where it came from (for error messages)."""
-    if tracking_uri:
-        return tracking_uri, "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    return DEFAULT_TRACKING_URI, "--tracking-uri (default)"
 
 
 def best_config(record: tracking.TrialRecord) -> TrainConfig:
@@ -178,7 +168,7 @@ def export_best(
         raise UserError(
             "--format", "", f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}"
         )
-    uri, where = _tracking_uri(tracking_uri)
+    uri, where = tracking.choose_uri(tracking_uri)
     tracking.check_tracking(uri, where=where, existing=True)
     record, sweep_info = tracking.best_trial_run(uri, experiment)
     swept = best_config(record)

@@ -19,7 +19,8 @@ tracking URI usable), ``read`` (a sweep read back), ``callback`` (the Tune
 callback that turns a sweep's events into journal operations), ``journal`` (the
 operations on local disk), ``writer`` (the thread that applies them, and
 ``smotune sync``), ``ops`` (one operation applied to MLflow), ``verdict`` (the
-confirm phase's verdict). Only this package imports ``mlflow``.
+confirm phase's verdict), ``ensemble`` (a top-K ensemble's accuracy on the parent).
+Only this package imports ``mlflow``.
 
 A tracking store that is down, slow or refusing never stops a sweep: what it
 cannot take waits in the journal and is written when it is back, by the end of
@@ -27,13 +28,17 @@ the sweep, or by ``smotune sync``.
 """
 
 from smotune.tracking.callback import MlflowSweepCallback
-from smotune.tracking.check import check_tracking, redact
+from smotune.tracking.check import check_tracking, choose_uri, redact
+from smotune.tracking.ensemble import log_ensemble
 from smotune.tracking.journal import JOURNAL_FILE, journal_path, sweep_journal_path
 from smotune.tracking.names import (
     BEST_ARTIFACT,
     BEST_PREFIX,
     COMPLETED,
     EARLY_STOPPED,
+    ENSEMBLE_K,
+    ENSEMBLE_TOP1,
+    ENSEMBLE_TOP5,
     FAILED,
     KILLED,
     KILLED_REASON,
@@ -51,6 +56,7 @@ from smotune.tracking.names import (
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_CHECKPOINT,
+    TAG_ENSEMBLE_MEMBERS,
     TAG_KIND,
     TAG_OPTUNA_STORAGE,
     TAG_PARENT,
@@ -64,7 +70,15 @@ from smotune.tracking.names import (
     TUNE_KEYS,
 )
 from smotune.tracking.params import train_params
-from smotune.tracking.read import TrialRecord, best_trial_run, sweep_parent_id, sweep_summary
+from smotune.tracking.read import (
+    RankedTrial,
+    Ranking,
+    TrialRecord,
+    best_trial_run,
+    ranked_trials,
+    sweep_parent_id,
+    sweep_summary,
+)
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
 
@@ -74,6 +88,9 @@ __all__ = [
     "BEST_PREFIX",
     "COMPLETED",
     "EARLY_STOPPED",
+    "ENSEMBLE_K",
+    "ENSEMBLE_TOP1",
+    "ENSEMBLE_TOP5",
     "FAILED",
     "KILLED",
     "KILLED_REASON",
@@ -89,6 +106,7 @@ __all__ = [
     "TAG_BEST_RUN_ID",
     "TAG_BEST_TRIAL",
     "TAG_CHECKPOINT",
+    "TAG_ENSEMBLE_MEMBERS",
     "TAG_OPTUNA_STORAGE",
     "TAG_SWEEP_PATH",
     "TAG_VERDICT",
@@ -103,14 +121,19 @@ __all__ = [
     "TRAIN_ARTIFACT",
     "TUNE_KEYS",
     "MlflowSweepCallback",
+    "RankedTrial",
+    "Ranking",
     "TrialRecord",
     "best_trial_run",
     "check_tracking",
+    "choose_uri",
     "journal_path",
     "sweep_journal_path",
     "sync",
     "redact",
+    "log_ensemble",
     "log_verdict",
+    "ranked_trials",
     "sweep_parent_id",
     "sweep_summary",
     "train_params",

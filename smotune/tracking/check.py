@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import mlflow
 
+from smotune.config import DEFAULT_TRACKING_URI
 from smotune.errors import UserError, redact
 
 _SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -77,6 +78,16 @@ def _sqlite_problem(path: str) -> str | None:
     except sqlite3.Error as err:
         return f"cannot write {target} ({err})"
     return None
+
+
+def choose_uri(tracking_uri: str | None) -> tuple[str, str]:
+    """A reader's tracking URI and where it came from (for error messages): the
+    ``--tracking-uri`` given, else ``MLFLOW_TRACKING_URI``, else smotune's default."""
+    if tracking_uri:
+        return tracking_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return DEFAULT_TRACKING_URI, "--tracking-uri (default)"
 
 
 def check_exists(uri: str, where: str) -> None:

@@ -41,6 +41,10 @@ TAG_SWEEP_PATH = "sweep_path"
 TAG_JOURNAL_KEY = "journal_key"  # the parent's key in the tracking journal: found, not re-created
 PHASE_SEARCH = "search"
 PHASE_CONFIRM = "confirm"
+ENSEMBLE_TOP1 = "ensemble_top1"
+ENSEMBLE_TOP5 = "ensemble_top5"
+ENSEMBLE_K = "ensemble_k"
+TAG_ENSEMBLE_MEMBERS = "ensemble_members"  # the members' trial ids, best first, comma-separated
 CONFIRM_METRICS = ("baseline_top1_mean", "baseline_top1_std", "best_top1_mean", "best_top1_std")
 """The parent's metrics after the confirm phase: mean and std over seeds of ``search.metric``."""
 KIND_SWEEP = "sweep"

@@ -26,6 +26,7 @@ from smotune.tracking.names import (
     KIND_SWEEP,
     PHASE_SEARCH,
     TAG_BEST_RUN_ID,
+    TAG_CHECKPOINT,
     TAG_CONFIRM_OF,
     TAG_KIND,
     TAG_PARENT,
@@ -82,17 +83,66 @@ def artifact_text(client: mlflow.MlflowClient, run_id: str, path: str) -> str:
         return Path(local).read_text()
 
 
+def ranked_runs(
+    client: mlflow.MlflowClient, experiment_id: str, parent_id: str, metric: str, mode: str
+) -> list[Any]:
+    """The completed search children of ``parent_id``, best final ``metric`` first.
+
+    Ties go to the earlier trial. Confirm runs are left out: they re-run the baseline
+    and the top configs at new seeds, so counting them would rank one config several
+    times and the unsearched baseline among the searched ones.
+    """
+    query = f"tags.{TAG_STATUS} = '{COMPLETED}' and tags.{TAG_PHASE} = '{PHASE_SEARCH}'"
+    done = children(client, experiment_id, parent_id, query)
+    scored = [r for r in done if not math.isnan(r.data.metrics.get(metric, math.nan))]
+    sign = 1.0 if mode == "max" else -1.0
+    return sorted(scored, key=lambda r: (-sign * r.data.metrics[metric], r.info.start_time))
+
+
 def best_run(
     client: mlflow.MlflowClient, experiment_id: str, parent_id: str, metric: str, mode: str
 ) -> Any | None:
     """The completed search child of ``parent_id`` with the best final ``metric``."""
-    query = f"tags.{TAG_STATUS} = '{COMPLETED}' and tags.{TAG_PHASE} = '{PHASE_SEARCH}'"
-    done = children(client, experiment_id, parent_id, query)
-    scored = [r for r in done if not math.isnan(r.data.metrics.get(metric, math.nan))]
-    if not scored:
-        return None
-    sign = 1.0 if mode == "max" else -1.0
-    return max(scored, key=lambda r: (sign * r.data.metrics[metric], -r.info.start_time))
+    ranked = ranked_runs(client, experiment_id, parent_id, metric, mode)
+    return ranked[0] if ranked else None
+
+
+@dataclass(frozen=True)
+class RankedTrial:
+    """A completed search trial of a sweep, as ranked by the sweep's objective."""
+
+    run_id: str
+    trial_id: str
+    value: float  # its final ``search.metric``
+    checkpoint: str  # its latest checkpoint (the ``checkpoint`` tag; "" if none was tagged)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The latest sweep of an experiment: its parent run, objective and ranked trials."""
+
+    parent_id: str
+    metric: str
+    mode: str
+    trials: list[RankedTrial]
+
+
+def ranked_trials(uri: str, experiment: str) -> Ranking:
+    """The completed search trials of the latest sweep of ``experiment``, best first
+    (:func:`ranked_runs` by the parent's ``search.metric`` and ``search.mode``)."""
+    client, experiment_id, parent = _latest_sweep(uri, experiment)
+    metric, mode = _objective(parent)
+    runs = ranked_runs(client, experiment_id, parent.info.run_id, metric, mode)
+    trials = [
+        RankedTrial(
+            run_id=r.info.run_id,
+            trial_id=r.data.tags.get(TAG_TRIAL_ID, r.info.run_name),
+            value=r.data.metrics[metric],
+            checkpoint=r.data.tags.get(TAG_CHECKPOINT, ""),
+        )
+        for r in runs
+    ]
+    return Ranking(parent.info.run_id, metric, mode, trials)
 
 
 def _record(client: mlflow.MlflowClient, run: Any) -> TrialRecord:
