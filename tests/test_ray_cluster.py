@@ -56,3 +56,16 @@ def test_workers_must_fit_the_cluster():
     check_fits(
         cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"num": 2})}), {"CPU": 2.0}
     )
+
+
+def test_a_local_clusters_train_controllers_poll_every_half_second(ray_cluster):
+    """start_local_ray hands its processes Train's 0.5 s health-check poll (a short trial's
+    end is seen ~2.5 s sooner): every worker process of the cluster, Train's controllers too."""
+
+    @ray.remote(num_cpus=0)
+    def seen() -> str | None:
+        import os
+
+        return os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+
+    assert ray.get(seen.remote()) == "0.5"
