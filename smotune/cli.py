@@ -73,6 +73,13 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from smotune.report import write_report
+
+    print(write_report(args.experiment, tracking_uri=args.tracking_uri, out=args.out))
+    return 0
+
+
 def _sync(args: argparse.Namespace) -> int:
     from smotune.tracking import sync
 
@@ -129,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--workers", type=int, default=None, help="workers of the full run")
     best.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard address")
     best.set_defaults(func=_best)
+
+    report = sub.add_parser(
+        "report", help="a sweep's plots and one HTML page (summary, verdict), from MLflow alone"
+    )
+    report.add_argument("--experiment", required=True, help="MLflow experiment (the sweep name)")
+    report.add_argument(
+        "--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite"
+    )
+    report.add_argument("--out", default=None, help="folder (default: <experiment>-report)")
+    report.set_defaults(func=_report)
 
     sync = sub.add_parser("sync", help="write to MLflow what a sweep's tracking journal kept")
     sync.add_argument("journal", help="the mlflow-journal.jsonl the sweep named (or its folder)")

@@ -149,6 +149,25 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     assert f"verdict: {parent.data.tags['verdict']}" in out and "noise band" in out
     assert parent.data.tags["best_trial"] == winner
 
+    # the parent's plots, drawn by the sweep's writer as trials ended and after the verdict
+    drawn = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {
+        "learning_curves.png",
+        "optimization_history.png",
+        "parallel_coordinates.png",
+        "slice.png",
+        "seed_spread.png",
+        "optuna.html",
+    } <= drawn, drawn
+    spread = client.download_artifacts(parent.info.run_id, "plots/seed_spread.png", str(tmp_path))
+    assert Path(spread).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and `smotune report` rebuilds them with the summary and the verdict, from MLflow alone
+    report = ["report", "--experiment", "e2e", "--tracking-uri", cfg.tracking.uri, "--out", "rep"]
+    assert cli.main(report) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"verdict: {parent.data.tags['verdict']}" in page
+    assert all(r["trial_id"] in page for r in search_rows)
+
     # smotune best writes the confirmed winner; smotune train runs it unchanged
     assert (
         cli.main(

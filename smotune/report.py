@@ -1,0 +1,218 @@
+"""``smotune report``: a sweep's plots and one HTML page about it, rebuilt from MLflow alone.
+
+Reads the latest sweep of an experiment (through :mod:`smotune.tracking.history`),
+draws its plots (:mod:`smotune.plots`) into ``<out>/plots/`` and writes
+``<out>/index.html``: the sweep's objective and space, the verdict (as the sweep
+printed it), the summary table, the confirm table, and the plots. The page
+needs nothing outside ``<out>`` (no network): copy the folder anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from smotune import plots
+from smotune.errors import UserError, redact
+
+PAGE = "index.html"
+PLOTS = "plots"
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.verdict { font-size: 1.1em; padding: 0.6em 1em; background: #eef6f5;
+  border-left: 4px solid #2a9d8f; }
+figure { margin: 2em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+.muted { color: #666; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}"
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        cells = "".join(
+            f"<td class='num'>{_esc(c)}</td>" if i in numeric else f"<td>{_esc(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def summary_table(data: plots.SweepData) -> str:
+    """One row per search trial: its searched values, epochs run, final metric, status."""
+    paths = list(data.space)
+    head = ["trial", *paths, "epochs", data.metric, "status", "reason"]
+    rows = [
+        [
+            t.label,
+            *(_cell(t.params.get(p, "-")) for p in paths),
+            f"{t.epochs_run}/{data.epochs}",
+            _num(t.value),
+            t.status + (" (best)" if t.label == data.best_trial else ""),
+            t.reason,
+        ]
+        for t in data.trials
+    ]
+    numeric = set(range(1, len(paths) + 3))
+    return _table(head, rows, numeric)
+
+
+def confirm_groups(data: plots.SweepData) -> list[Any]:
+    """The confirm phase's configs as :class:`smotune.confirm.Group` (baseline first), filled
+    with the seeds that completed, each with its score at the search seed when it has one."""
+    from smotune import confirm  # imports Ray (through search): only when there is a verdict
+
+    groups = []
+    by_label = {t.label: t for t in data.trials}
+    for label in dict.fromkeys(s.group for s in sorted(data.seeds, key=_baseline_first)):
+        params = next(s.params for s in data.seeds if s.group == label)
+        trial = by_label.get(label)
+        if trial is None:  # the baseline: the search trial that ran its values, if one did
+            trial = next((t for t in data.trials if t.params == params), None)
+        score = trial.value if trial is not None and trial.status == "completed" else None
+        groups.append(confirm.Group(label, params, search_value=score))
+    values = plots.seed_groups(data)
+    for group in groups:
+        group.values.update(values.get(group.label, {}))
+    return groups
+
+
+def _baseline_first(seed: plots.SeedData) -> tuple[bool, str]:
+    return (seed.group != plots.BASELINE, seed.group)
+
+
+def verdict_text(data: plots.SweepData, groups: list[Any]) -> str:
+    """The verdict as the sweep printed it (recomputed from the confirm runs; the parent's tag
+    when the two differ, e.g. runs deleted since)."""
+    from smotune import confirm
+
+    if data.verdict is None:
+        best = f"; the best search trial is {data.best_trial}" if data.best_trial else ""
+        return (
+            "no verdict: the sweep has no finished confirm phase (search.confirm), so its best "
+            f"is one run at one seed{best}"
+        )
+    if groups:
+        found = confirm.verdict(groups, data.mode)
+        if found.verdict == data.verdict:
+            return found.words(data.metric)
+    words = confirm.VERDICT_WORDS.get(data.verdict, "")
+    return f"verdict: {data.verdict}" + (f" ({words})" if words else "")
+
+
+def confirm_table(data: plots.SweepData, groups: list[Any]) -> str:
+    paths = list(data.space)
+    head = ["config", *paths, "seeds", f"mean {data.metric}", "std", "search seed"]
+    rows = [
+        [
+            g.label,
+            *(_cell(g.params.get(p, "-")) for p in paths),
+            str(g.n),
+            _num(g.mean),
+            _num(g.std),
+            _num(g.search_value),
+        ]
+        for g in groups
+    ]
+    return _table(head, rows, set(range(1, len(paths) + 5)))
+
+
+def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: str) -> str:
+    """The report's HTML: plots referenced as ``plots/<file>``."""
+    groups = confirm_groups(data) if data.seeds else []
+    statuses = [t.status for t in data.trials]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    space = "; ".join(f"{p}: {_esc(e)}" for p, e in data.space.items())
+    asha = (
+        f"ASHA grace {data.asha[0]}, reduction {data.asha[1]:g}" if data.asha else "no early stop"
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_esc(data.name)}: sweep report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{_esc(data.name)}: sweep report</h1>",
+        "<p class='muted'>"
+        f"experiment <b>{_esc(experiment)}</b>, parent run {_esc(data.run_name)} "
+        f"({_esc(data.run_id)}) in MLflow {_esc(redact(uri))}; drawn "
+        f"{_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>",
+        f"<p>objective: {_esc(data.mode)} <b>{_esc(data.metric)}</b> over {data.epochs} epochs; "
+        f"{_esc(asha)}; searched: {space or 'nothing'}</p>",
+        "<h2>Verdict</h2>",
+        f"<p class='verdict'>{_esc(verdict_text(data, groups))}</p>",
+        f"<h2>Search trials ({len(data.trials)}: {_esc(counts or 'none')})</h2>",
+        summary_table(data),
+    ]
+    if groups:
+        parts += [
+            f"<h2>Confirmed over new seeds ({_esc(data.metric)})</h2>",
+            "<p class='muted'>Only the new seeds count in the mean; the search seed's score "
+            "of a winner is biased upwards by the selection.</p>",
+            confirm_table(data, groups),
+        ]
+    parts.append("<h2>Plots</h2>")
+    for name in rendered.files:
+        title = plots.TITLES.get(name, name)
+        if name.endswith(".png"):
+            parts.append(
+                f"<figure><img src='{PLOTS}/{_esc(name)}' alt='{_esc(title)}'>"
+                f"<figcaption>{_esc(title)}</figcaption></figure>"
+            )
+        else:
+            parts.append(f"<p><a href='{PLOTS}/{_esc(name)}'>{_esc(title)}</a> (interactive)</p>")
+    if rendered.skipped:
+        items = "".join(
+            f"<li>{_esc(plots.TITLES.get(n, n))}: {_esc(why)}</li>"
+            for n, why in rendered.skipped.items()
+        )
+        parts.append(f"<p class='muted'>Not drawn:</p><ul class='muted'>{items}</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(experiment: str, tracking_uri: str | None = None, out: str | None = None) -> str:
+    """Write ``<out>/index.html`` and ``<out>/plots/`` for the latest sweep of ``experiment``;
+    return the line saying so. ``out`` defaults to ``<experiment>-report``."""
+    from smotune.tracking import choose_uri
+    from smotune.tracking.history import read_sweep
+
+    uri, where = choose_uri(tracking_uri)
+    data = read_sweep(uri, experiment, where)
+    folder = Path(out or f"{experiment}-report")
+    try:
+        (folder / PLOTS).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            str(folder), "", f"cannot create ({err.strerror})", "choose another --out"
+        ) from None
+    rendered = plots.render(data, folder / PLOTS)
+    index = folder / PAGE
+    index.write_text(page(data, rendered, uri, experiment), encoding="utf-8")
+    left = f"; not drawn: {', '.join(rendered.skipped)}" if rendered.skipped else ""
+    return (
+        f"wrote {index}: {len(data.trials)} search trials, {len(data.seeds)} confirm runs, "
+        f"{len(rendered.files)} plots in {folder / PLOTS}{left}"
+    )
