@@ -6,9 +6,11 @@ to a file); the study is then opened with ``optuna.load_study`` as a user would.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -324,19 +326,65 @@ def test_warm_start_from_an_incompatible_study_is_one_line(tmp_path, values, kw,
     assert "search.warm_start" in str(err.value) and "\n" not in str(err.value)
 
 
+def _private_names_used(module: Path) -> set[str]:
+    """``_names`` that ``module`` reads off objects (``x._name``), but for its own attributes
+    (assigned as ``self._name`` or defined as ``def _name`` in it)."""
+    tree = ast.parse(module.read_text())
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+    }
+    own = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    own |= {
+        t.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign | ast.AnnAssign)
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+        if isinstance(t, ast.Attribute) and getattr(t.value, "id", None) == "self"
+    }
+    return used - own
+
+
 def test_ray_internals_the_searcher_and_asha_rely_on():
-    """A Ray upgrade that renames what the subclasses use fails here, loudly."""
+    """A Ray (or Optuna) upgrade that renames what search.py's subclasses read fails here, naming
+    the attribute and the Ray version pyproject.toml pins; so does a new private name used in
+    search.py that this test does not check."""
     import ray
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    assert ray.__version__.startswith("2.60."), "search.py is checked on Ray 2.60 only"
-    searcher = OptunaSearch(
-        space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max"
-    )
-    for name in ("_ot_trials", "_ot_study", "_completed_trials"):
-        assert hasattr(searcher, name), name
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    pin = re.search(r'"(ray\[[^"]*)"', pyproject.read_text())[1]
+    checked_on = f"search.py is checked on the Ray that pyproject.toml pins ({pin})"
+
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    searcher = OptunaSearch(space={"x": dist}, metric="m", mode="max")
     asha = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=9, reduction_factor=3)
+    owners = {  # each private name search.py reads -> the object it reads it from
+        "_ot_trials": ("ray.tune.search.optuna.OptunaSearch", searcher),
+        "_ot_study": ("ray.tune.search.optuna.OptunaSearch", searcher),
+        "_completed_trials": ("ray.tune.search.optuna.OptunaSearch", searcher),
+        "_brackets": ("ray.tune.schedulers.ASHAScheduler", asha),
+        "_metric_op": ("ray.tune.schedulers.ASHAScheduler", asha),
+        "_rungs": ("ray.tune.schedulers.ASHAScheduler._brackets[0]", asha._brackets[0]),
+        "_contains": ("optuna.distributions.FloatDistribution", dist),
+    }
+    used = _private_names_used(Path(search.__file__))
+    assert used <= set(owners), (
+        f"search.py reads {sorted(used - set(owners))} off Ray's or Optuna's objects: add them "
+        "to this test, which checks every private name search.py relies on"
+    )
+    missing = [
+        f"{where} has no {name}" for name, (where, obj) in owners.items() if not hasattr(obj, name)
+    ]
+    assert not missing, (
+        f"Ray {ray.__version__}, Optuna {optuna.__version__}: {'; '.join(missing)}, which "
+        f"smotune/search.py uses; {checked_on}"
+    )
+    assert isinstance(searcher._ot_trials, dict) and isinstance(searcher._completed_trials, set)
+    assert isinstance(searcher._ot_study, optuna.Study)
     rungs = asha._brackets[0]._rungs
-    assert [m for m, _ in rungs] == [9, 3, 1] and all(rec == {} for _, rec in rungs)
-    assert asha._metric_op == 1.0
+    assert [m for m, _ in rungs] == [9, 3, 1] and all(rec == {} for _, rec in rungs), checked_on
+    assert asha._metric_op == 1.0, checked_on
+    assert ray.__version__.startswith("2.60."), f"Ray {ray.__version__}: {checked_on}"
