@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smotune import engine, runtime  # noqa: E402
+from smotune import engine, optim, runtime  # noqa: E402
 from smotune import loss as loss_mod  # noqa: E402
 from smotune import model as model_mod  # noqa: E402
 from smotune.config import TrainConfig  # noqa: E402
@@ -92,13 +92,12 @@ def main() -> None:
         )
 
         model, _, _ = fresh()
-        opt = torch.optim.AdamW(engine.param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(optim.param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98))
         ours_loss = loss_mod.build(cfg.loss.model_copy(update={"label_smoothing": 0.1}), 0, 1)
         steps = iter(range(10**9))
+        parts = engine.StepParts(model, ours_loss, opt, None, rt)
         ours = _time(
-            lambda i, t: engine.train_step(
-                model, ours_loss, opt, None, rt, i, t, engine.lr_at(next(steps), cfg, n), None
-            ),
+            lambda i, t: engine.train_step(parts, i, t, optim.lr_at(next(steps), cfg, n)),
             batches,
             args.warmup,
         )

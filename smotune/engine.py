@@ -1,13 +1,13 @@
-"""One worker's training: epochs, steps, AMP, schedule, checkpoint, report.
+"""One worker's training: the recipe Ray Train runs on every worker, and its parts.
 
-``train_worker`` is the function Ray Train runs on every worker. It is plain
-PyTorch with a few ``ray.train`` calls: it builds the open_clip model, the
-label-smoothed loss, AdamW and the webdataset loader from one train config,
-trains ``epochs`` epochs of a fixed number of steps, evaluates zero-shot
-accuracy on rank 0 after each epoch and reports the metrics of DESIGN.md with
-a checkpoint: an open_clip-loadable ``model.pt``, the training state and the
-train config it was trained with (``train.yaml``). When Ray restarts the run
-it resumes from the latest checkpoint. It knows nothing of Tune.
+``train_worker`` is plain PyTorch with a few ``ray.train`` calls, in the shape
+of a torchtune recipe: :func:`setup` (the open_clip model, the label-smoothed
+loss, AdamW and the loader's transforms, from one train config),
+:func:`resume` (from Ray's latest checkpoint), :func:`plan_epochs`, then per
+epoch :func:`train_epoch` and :func:`evaluate_and_report` (zero-shot accuracy
+on rank 0, the metrics of DESIGN.md and a checkpoint: an open_clip-loadable
+``model.pt``, the training state and the ``train.yaml`` it was trained with).
+It knows nothing of Tune.
 
 Every rank runs exactly ``steps_per_epoch`` steps per epoch: the loader reads
 the rank's shards round after round (reseeded per round) and stops there, so
@@ -25,6 +25,8 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import torch.distributed as dist
 
 from smotune import loss as loss_mod
 from smotune import model as model_mod
+from smotune import optim
 from smotune.config import TrainConfig, dump_train
 from smotune.data import shards, zeroshot
 from smotune.errors import UserError
@@ -42,40 +45,6 @@ from smotune.runtime import Runtime, choose_runtime
 MODEL_FILE = "model.pt"  # open_clip-loadable state dict
 STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
 CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
-NO_DECAY_NAMES = ("bn", "ln", "bias", "logit_scale")  # open_clip_train's exclude rule
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups ``[no decay, decay]``, split exactly as open_clip_train splits them.
-
-    A trainable parameter gets no weight decay when it has fewer than 2 dimensions
-    (biases, norm gains, ``logit_scale``, a ViT's ``class_embedding``) or its name
-    contains ``bn``, ``ln``, ``bias`` or ``logit_scale``; every other one is decayed,
-    token and positional embeddings included (open_clip_train's ``exclude`` lambda in
-    ``main.py``, shared by CLIP-rocket and LaCLIP). Frozen parameters are left out.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
-    ]
-
-
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up from 0 to ``lr``, then cosine from ``lr`` to ``min_lr``."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    span = max(1, total_steps - o.warmup_steps)
-    progress = min(1.0, (step - o.warmup_steps) / span)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
@@ -147,16 +116,62 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
     return t.tolist()
 
 
+@dataclass
+class StepParts:
+    """What one optimizer step uses (:func:`train_step`): the model and how it is trained."""
+
+    model: torch.nn.Module  # DDP-wrapped when the group has more than one worker
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    runtime: Runtime
+    grad_clip: float | None = None
+
+
+@dataclass
+class Worker:
+    """One Train worker's run: its config and place in the group, its parts, its progress."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    parts: StepParts
+    preprocess: Callable  # train transforms
+    eval_preprocess: Callable
+    tokenizer: Callable
+    epoch: int = 0  # the last epoch done (a checkpoint's when resumed)
+    step: int = 0  # optimizer steps done
+    skipped_before: int = 0  # samples skipped by the run's earlier worker groups
+    restarts: int = 0
+    skipped: shards.SkipCounter = field(default_factory=shards.SkipCounter)  # this group's
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model without its DDP wrapper."""
+        return getattr(self.parts.model, "module", self.parts.model)
+
+
+@dataclass
+class EpochPlan:
+    """What every epoch of the run shares (:func:`plan_epochs`)."""
+
+    steps: int  # optimizer steps per epoch, the same on every rank
+    total_steps: int  # of the whole run: the span of the learning-rate schedule
+    loader_cfg: TrainConfig  # the config with data.samples_per_epoch = steps x batch size
+    evalset: Any  # the zero-shot set (rank 0), None elsewhere
+
+
 def _save_checkpoint(
-    tmp: Path, model, optimizer, scaler, metrics: dict[str, Any], cfg: TrainConfig
+    tmp: Path, parts: StepParts, metrics: dict[str, Any], cfg: TrainConfig
 ) -> None:
     """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``)."""
-    model_mod.save_checkpoint(model, tmp / MODEL_FILE)
+    model_mod.save_checkpoint(parts.model, tmp / MODEL_FILE)
     (tmp / CONFIG_FILE).write_text(dump_train(cfg))
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
+            "optimizer": parts.optimizer.state_dict(),
+            "scaler": parts.scaler.state_dict() if parts.scaler else None,
             "epoch": metrics["epoch"],
             "step": metrics["step"],
             "metrics": metrics,
@@ -165,30 +180,21 @@ def _save_checkpoint(
     )
 
 
-def _load_checkpoint(path: str, model, optimizer, scaler) -> dict[str, Any]:
+def _load_checkpoint(path: str, parts: StepParts) -> dict[str, Any]:
     """Restore model, optimizer and scaler; return the metrics of the checkpoint's epoch."""
-    module = getattr(model, "module", model)
+    module = getattr(parts.model, "module", parts.model)
     sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
     module.load_state_dict(sd["state_dict"])
     state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler and state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.scaler and state["scaler"]:
+        parts.scaler.load_state_dict(state["scaler"])
     return state["metrics"]
 
 
-def train_step(
-    model,
-    criterion,
-    optimizer,
-    scaler,
-    runtime: Runtime,
-    images,
-    texts,
-    lr: float,
-    grad_clip: float | None,
-) -> float:
+def train_step(parts: StepParts, images, texts, lr: float) -> float:
     """One optimizer step at learning rate ``lr``; returns the loss (a Python float)."""
+    model, optimizer, scaler, runtime = parts.model, parts.optimizer, parts.scaler, parts.runtime
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(
@@ -198,15 +204,15 @@ def train_step(
     ):
         out = model(images, texts)
     out = {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
-    loss = criterion(**out)
+    loss = parts.criterion(**out)
     optimizer.zero_grad(set_to_none=True)
     if scaler:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if parts.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -234,9 +240,23 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The Ray Train per-worker loop. ``loop_config = {"train": TrainConfig as a dict}``."""
     import ray.train
+
+    w = setup(TrainConfig.model_validate(loop_config["train"]))
+    finished = resume(w, ray.train.get_checkpoint())
+    if finished is not None:  # a finished run restarted: say again how it ended
+        ray.train.report(finished if w.rank == 0 else {"epoch": w.epoch})
+        return
+    plan = plan_epochs(w)
+    for epoch in range(w.epoch + 1, w.cfg.epochs + 1):
+        metrics = train_epoch(w, plan, epoch)
+        evaluate_and_report(w, plan, metrics)
+
+
+def setup(cfg: TrainConfig) -> Worker:
+    """This Train worker's rank, device and threads, then its parts (:func:`build_worker`)."""
+    import ray.train
     import ray.train.torch
 
-    cfg = TrainConfig.model_validate(loop_config["train"])
     quiet_libraries()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -244,101 +264,145 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if runtime.device_type == "cuda" else torch.device("cpu")
     if runtime.device_type == "cpu" and cfg.workers.cpus >= 1:
         torch.set_num_threads(int(cfg.workers.cpus))
+    strategy = "ddp" if world > 1 else None
+    return build_worker(
+        cfg,
+        rank,
+        world,
+        runtime,
+        device,
+        wrap=lambda m: ray.train.torch.prepare_model(m, parallel_strategy=strategy),
+    )
 
-    model = model_mod.create(cfg.model, seed=cfg.seed)  # same init on every rank
+
+def build_worker(
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    runtime: Runtime,
+    device: torch.device,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> Worker:
+    """Model (the same init on every rank), transforms, tokenizer, loss, AdamW and scaler.
+
+    ``wrap`` moves the model to its device and wraps it for DDP (Ray Train's
+    ``prepare_model``); without it the model stays as built, on the CPU.
+    """
+    model = model_mod.create(cfg.model, seed=cfg.seed)
     preprocess = model_mod.transforms(model, train=True)
     eval_preprocess = model_mod.transforms(model, train=False)
     tokenizer = model_mod.tokenizer(cfg.model.arch)
-    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    if wrap is not None:
+        model = wrap(model)
     module = getattr(model, "module", model)
-    criterion = loss_mod.build(cfg.loss, rank, world)
     optimizer = torch.optim.AdamW(
-        param_groups(module, cfg.optim.weight_decay),
+        optim.param_groups(module, cfg.optim.weight_decay),
         lr=cfg.optim.lr,
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         eps=cfg.optim.eps,
     )
-    scaler = torch.amp.GradScaler(runtime.device_type) if runtime.grad_scaler else None
-
-    start_epoch, step, skipped_before, restarts = 0, 0, 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as path:
-            last = _load_checkpoint(path, model, optimizer, scaler)
-        start_epoch, step, skipped_before = last["epoch"], last["step"], last["data_skipped"]
-        # a worker group restarted after a failure (workers.max_failures) or a resumed run
-        restarts = last.get("restarts", 0) + (start_epoch < cfg.epochs)
-        if start_epoch >= cfg.epochs:  # a finished run restarted: say again how it ended
-            ray.train.report(last if rank == 0 else {"epoch": start_epoch})
-            return
-
-    # equal steps per rank (DDP): from sizes.json a damaged rank refills by re-reading; else
-    # its readable count may set the min, and the line below says what that cost
-    n_steps, damage = epoch_plan(cfg, world)
-    if damage and rank == 0:
-        print(damage, flush=True)
-    total_steps = n_steps * cfg.epochs
-    fixed = cfg.model_copy(deep=True)
-    fixed.data.samples_per_epoch = n_steps * cfg.optim.batch_size
-    evalset = (
-        zeroshot.load(
-            cfg.data.zeroshot, cfg.data.zeroshot_split, eval_preprocess, cfg.eval.max_samples
-        )
-        if rank == 0
-        else None
+    parts = StepParts(
+        model=model,
+        criterion=loss_mod.build(cfg.loss, rank, world),
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(runtime.device_type) if runtime.grad_scaler else None,
+        runtime=runtime,
+        grad_clip=cfg.optim.grad_clip,
     )
-    skipped = shards.SkipCounter()
+    return Worker(cfg, rank, world, device, parts, preprocess, eval_preprocess, tokenizer)
 
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        # dropout and augmentation: seeded per rank and epoch, so a resumed run repeats them
-        torch.manual_seed(cfg.seed * 1000 + rank + 1 + 7919 * epoch)
-        model.train()
-        loader = shards.make_loader(fixed, preprocess, tokenizer, rank, world, epoch, skipped)
-        loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
-        for images, texts in loader:
-            loss = train_step(
-                model,
-                criterion,
-                optimizer,
-                scaler,
-                runtime,
-                images.to(device),
-                texts.to(device),
-                lr_at(step, cfg, total_steps),
-                cfg.optim.grad_clip,
-            )
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at epoch {epoch}, step {step}")
-            step += 1
-            loss_sum += loss * images.shape[0]
-            samples += images.shape[0]
-        elapsed = time.perf_counter() - t0
-        loss_sum, samples, skipped_total = _all_reduce(
-            [loss_sum, samples, skipped.count], device, world
+
+def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
+    """Continue from Ray Train's latest checkpoint, if any; its metrics if the run had ended.
+
+    A checkpoint here means a worker group restarted after a failure
+    (``workers.max_failures``) or a resumed run: model, optimizer and scaler
+    are restored, the epoch, step and skipped samples carried on, and the
+    restart counted unless the run had already ended.
+    """
+    if not checkpoint:
+        return None
+    with checkpoint.as_directory() as path:
+        last = _load_checkpoint(path, w.parts)
+    w.epoch, w.step, w.skipped_before = last["epoch"], last["step"], last["data_skipped"]
+    w.restarts = last.get("restarts", 0) + (w.epoch < w.cfg.epochs)
+    return last if w.epoch >= w.cfg.epochs else None
+
+
+def plan_epochs(w: Worker) -> EpochPlan:
+    """Steps per epoch (:func:`epoch_plan`), the loader's config, the zero-shot set (rank 0).
+
+    Equal steps per rank (DDP): from sizes.json a damaged rank refills by
+    re-reading; else its readable count may set the minimum, and rank 0 prints
+    what that cost.
+    """
+    cfg = w.cfg
+    steps, damage = epoch_plan(cfg, w.world)
+    if damage and w.rank == 0:
+        print(damage, flush=True)
+    loader_cfg = cfg.model_copy(deep=True)
+    loader_cfg.data.samples_per_epoch = steps * cfg.optim.batch_size
+    evalset = None
+    if w.rank == 0:
+        d = cfg.data
+        evalset = zeroshot.load(
+            d.zeroshot, d.zeroshot_split, w.eval_preprocess, cfg.eval.max_samples
         )
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": loss_sum / samples,
-            "lr": lr_at(step - 1, cfg, total_steps),
-            "samples_per_s": samples / elapsed,
-            "data_skipped": skipped_before + int(skipped_total),  # over the whole run
-            "restarts": restarts,
-            "step": step,
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            report_ckpt = None
-            if rank == 0:
-                metrics.update(
-                    zero_shot(
-                        module,
-                        tokenizer,
-                        evalset,
-                        device,
-                        cfg.eval.batch_size,
-                        runtime.autocast_dtype,
-                    )
+    return EpochPlan(steps, steps * cfg.epochs, loader_cfg, evalset)
+
+
+def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
+    """One epoch of ``plan.steps`` steps; its metrics, summed over the ranks.
+
+    A non-finite loss raises ``FloatingPointError`` at once: nothing trained on
+    it is checkpointed or reported. ``data_skipped`` counts the whole run.
+    """
+    cfg = w.cfg
+    # dropout and augmentation: seeded per rank and epoch, so a resumed run repeats them
+    torch.manual_seed(cfg.seed * 1000 + w.rank + 1 + 7919 * epoch)
+    w.parts.model.train()
+    loader = shards.make_loader(
+        plan.loader_cfg, w.preprocess, w.tokenizer, w.rank, w.world, epoch, w.skipped
+    )
+    loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
+    for images, texts in loader:
+        lr = optim.lr_at(w.step, cfg, plan.total_steps)
+        loss = train_step(w.parts, images.to(w.device), texts.to(w.device), lr)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at epoch {epoch}, step {w.step}")
+        w.step += 1
+        loss_sum += loss * images.shape[0]
+        samples += images.shape[0]
+    elapsed = time.perf_counter() - t0
+    loss_sum, samples, skipped = _all_reduce(
+        [loss_sum, samples, w.skipped.count], w.device, w.world
+    )
+    w.epoch = epoch
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / samples,
+        "lr": optim.lr_at(w.step - 1, cfg, plan.total_steps),
+        "samples_per_s": samples / elapsed,
+        "data_skipped": w.skipped_before + int(skipped),
+        "restarts": w.restarts,
+        "step": w.step,
+    }
+
+
+def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> None:
+    """Rank 0 adds zero-shot accuracy, checkpoints and prints the epoch line; all ranks report."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if w.rank == 0:
+            autocast = w.parts.runtime.autocast_dtype
+            metrics.update(
+                zero_shot(
+                    w.module, w.tokenizer, plan.evalset, w.device, w.cfg.eval.batch_size, autocast
                 )
-                _save_checkpoint(Path(tmp), model, optimizer, scaler, metrics, cfg)
-                print(epoch_line(metrics, cfg.epochs), flush=True)
-                report_ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=report_ckpt)
+            )
+            _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg)
+            print(epoch_line(metrics, w.cfg.epochs), flush=True)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)

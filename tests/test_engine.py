@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import tempfile
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
-from smotune import engine, runtime
+from smotune import engine, optim, runtime
 from smotune import loss as loss_mod
 from smotune import model as model_mod
 from smotune.config import LossConfig, ModelConfig, TrainConfig
@@ -72,7 +73,7 @@ def test_weight_decay_split_is_open_clip_trains(arch):
     """Per named parameter, we decay exactly what open_clip_train's ``exclude`` lambda decays."""
     exclude = _open_clip_train_exclude()
     model = open_clip.create_model(arch, pretrained=None)  # random init: nothing downloaded
-    groups = engine.param_groups(model, 0.2)
+    groups = optim.param_groups(model, 0.2)
     assert [g["weight_decay"] for g in groups] == [0.0, 0.2]
     kept, decayed = _split(model, groups)
     params = dict(model.named_parameters())
@@ -88,7 +89,7 @@ def test_weight_decay_split_is_open_clip_trains(arch):
 
 def test_weight_decay_on_smotunes_own_arch():
     m = model_mod.create(ModelConfig(), seed=0)
-    kept, decayed = _split(m, engine.param_groups(m, 0.5))
+    kept, decayed = _split(m, optim.param_groups(m, 0.5))
     for name in (
         "token_embedding.weight",
         "positional_embedding",
@@ -111,18 +112,28 @@ def test_weight_decay_on_smotunes_own_arch():
 def test_lr_warmup_then_cosine_to_floor():
     cfg = _cfg(lr=1e-3, min_lr=1e-5, warmup_steps=10)
     total = 110
-    lrs = [engine.lr_at(s, cfg, total) for s in range(total)]
+    lrs = [optim.lr_at(s, cfg, total) for s in range(total)]
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[9] == pytest.approx(1e-3)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[60] == pytest.approx((1e-3 + 1e-5) / 2)
-    assert engine.lr_at(total, cfg, total) == pytest.approx(1e-5)
-    assert engine.lr_at(10 * total, cfg, total) == pytest.approx(1e-5)
+    assert optim.lr_at(total, cfg, total) == pytest.approx(1e-5)
+    assert optim.lr_at(10 * total, cfg, total) == pytest.approx(1e-5)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as a worker with ``workers.cpus: 1`` sets (two on two busy cores are
+    tens of times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_one_step_on_cpu_lowers_the_loss(precision):
+def test_one_step_on_cpu_lowers_the_loss(precision, one_thread):
     torch.manual_seed(0)
     m = model_mod.create(ModelConfig(text_dropout=0.1), seed=0)
     tok = model_mod.tokenizer("tiny-vit")
@@ -130,10 +141,9 @@ def test_one_step_on_cpu_lowers_the_loss(precision):
     texts = tok([f"caption {i}" for i in range(16)])
     rt = runtime.choose_runtime(0, precision, cuda_available=False)
     criterion = loss_mod.build(LossConfig(label_smoothing=0.1), 0, 1)
-    opt = torch.optim.AdamW(engine.param_groups(m, 0.1), lr=1e-3)
-    losses = [
-        engine.train_step(m, criterion, opt, None, rt, images, texts, 1e-3, 1.0) for _ in range(8)
-    ]
+    opt = torch.optim.AdamW(optim.param_groups(m, 0.1), lr=1e-3)
+    parts = engine.StepParts(m, criterion, opt, None, rt, grad_clip=1.0)
+    losses = [engine.train_step(parts, images, texts, 1e-3) for _ in range(8)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
 
@@ -185,3 +195,90 @@ def test_a_damaged_shard_shortens_no_epoch_that_sizes_json_can_fill(tmp_path):
     assert steps == healthy and engine.steps_per_epoch(cfg, world_size=2) == healthy
     assert f"Epochs are not shortened ({healthy} steps per rank)" in note
     assert str(garbage) in note and str(cut) in note
+
+
+def _one_worker(tmp_path, **optim) -> engine.Worker:
+    """A one-worker run over 2 synth shards of 32 samples (no Ray: rank 0 of 1, on the CPU)."""
+    from smotune.data import synth
+
+    if not (tmp_path / "sizes.json").exists():
+        synth.generate(tmp_path, train_samples=64, shards=2, eval_per_class=1, seed=0)
+    cfg = TrainConfig(
+        data={
+            "train": f"{tmp_path}/train-*.tar",
+            "zeroshot": str(tmp_path / "zeroshot"),
+            "loader_workers": 0,
+            "shuffle_buffer": 0,
+        },
+        optim={"batch_size": 8, "warmup_steps": 2, **optim},
+        epochs=2,
+        eval={"max_samples": 16},
+    )
+    rt = runtime.choose_runtime(0, "fp32", cuda_available=False)
+    return engine.build_worker(cfg, 0, 1, rt, torch.device("cpu"))
+
+
+def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
+    tmp_path, monkeypatch, one_thread
+):
+    """train_loss is the mean of the epoch's step losses; data_skipped counts the whole run:
+    the samples a damaged shard lost (sizes.json says how many) plus what a checkpoint carried."""
+    w = _one_worker(tmp_path)
+    shard = tmp_path / "train-0001.tar"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    losses = []
+    step = engine.train_step
+    monkeypatch.setattr(engine, "train_step", lambda *a: losses.append(step(*a)) or losses[-1])
+
+    plan = engine.plan_epochs(w)
+    assert (plan.steps, plan.total_steps) == (64 // 8, 2 * 64 // 8)
+    first = engine.train_epoch(w, plan, epoch=1)
+    assert first["step"] == w.step == plan.steps == len(losses)
+    assert first["train_loss"] == pytest.approx(sum(losses) / len(losses))
+    lost = w.skipped.reasons["lost_in_damage"]
+    assert lost > 0 and first["data_skipped"] == w.skipped.count == lost
+
+    with tempfile.TemporaryDirectory() as tmp:  # a worker group restarted from that checkpoint
+        engine._save_checkpoint(Path(tmp), w.parts, first, w.cfg)
+        again = _one_worker(tmp_path)
+        from ray.train import Checkpoint
+
+        assert engine.resume(again, Checkpoint.from_directory(tmp)) is None
+    assert (again.epoch, again.step, again.skipped_before, again.restarts) == (1, 8, lost, 1)
+    second = engine.train_epoch(again, plan, epoch=2)
+    assert second["step"] == 2 * plan.steps and second["restarts"] == 1
+    assert second["data_skipped"] == lost + again.skipped.count > lost
+
+
+def test_a_non_finite_loss_stops_the_epoch_at_once(tmp_path, one_thread):
+    w = _one_worker(tmp_path, lr=1e4, warmup_steps=0)
+    plan = engine.plan_epochs(w)
+    with pytest.raises(FloatingPointError, match=r"^loss is (nan|inf) at epoch 1, step \d+$"):
+        engine.train_epoch(w, plan, epoch=1)
+    assert w.step < plan.steps and w.epoch == 0
+
+
+def _rank(rank: int, init: str, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    out.put((rank, engine._all_reduce([rank + 1.0, 8.0, 5.0 * rank], torch.device("cpu"), 2)))
+    dist.destroy_process_group()
+
+
+def test_the_epoch_metrics_are_summed_over_the_ranks(tmp_path):
+    """Two gloo ranks (forked processes, no Ray): each gets the sums of loss, samples, skips."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")  # the children import nothing again
+    out = fork.Queue()
+    init = f"file://{tmp_path}/rendezvous"
+    ranks = [fork.Process(target=_rank, args=(r, init, out)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    got = dict(out.get(timeout=120) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    assert got == {0: [3.0, 16.0, 5.0], 1: [3.0, 16.0, 5.0]}
