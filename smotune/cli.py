@@ -80,6 +80,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from smotune.ensemble import ensemble
+
+    print(ensemble(args.experiment, args.top, tracking_uri=args.tracking_uri))
+    return 0
+
+
 def _sync(args: argparse.Namespace) -> int:
     from smotune.tracking import sync
 
@@ -146,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--out", default=None, help="folder (default: <experiment>-report)")
     report.set_defaults(func=_report)
+
+    ens = sub.add_parser(
+        "ensemble",
+        help="zero-shot accuracy of the mean probabilities of a sweep's top-K trials",
+    )
+    ens.add_argument("--experiment", required=True, help="MLflow experiment (the sweep name)")
+    ens.add_argument("--top", type=int, required=True, help="K: how many of the best trials")
+    ens.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite")
+    ens.set_defaults(func=_ensemble)
 
     sync = sub.add_parser("sync", help="write to MLflow what a sweep's tracking journal kept")
     sync.add_argument("journal", help="the mlflow-journal.jsonl the sweep named (or its folder)")
