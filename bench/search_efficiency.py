@@ -106,16 +106,37 @@ def run_key(point: dict[str, Any], paths: list[str], seed: int) -> str:
     return f"{point_key(point, paths)}|seed={seed}"
 
 
+# The table's own schedule, over the demo's train config: the table outlives demo changes
+# (the demo went to 3 epochs of 1536 samples at batch 64 per worker after it was started).
+SCHEDULE = {"epochs": 4, "samples_per_epoch": 2048, "batch_size": 128}
+
+
 def base_train(quick: bool):
-    """The demo sweep's train config, data paths made absolute (quick: one short epoch)."""
+    """The demo sweep's train config on the table's schedule, data paths made absolute
+    (quick: one short epoch)."""
     from smotune.config import TrainConfig, absolute_paths
 
     data = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())["train"]
     cfg = absolute_paths(TrainConfig.model_validate(data), base=ROOT)
+    cfg.epochs = SCHEDULE["epochs"]
+    cfg.data.samples_per_epoch = SCHEDULE["samples_per_epoch"]
+    cfg.optim.batch_size = SCHEDULE["batch_size"]
     if quick:
         cfg.epochs = 1
         cfg.data.samples_per_epoch = 256
     return cfg
+
+
+def _differences(stored: dict, now: dict, searched: set[str], prefix: str = "") -> list[str]:
+    """Dotted fields whose value differs between two configs, searched fields aside."""
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        a, b, name = stored.get(key), now.get(key), prefix + key
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, searched, name + ".")
+        elif a != b and name not in searched and name != "workers.max_failures":  # restarts only
+            out.append(f"{name} ({a} -> {b})")
+    return out
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -219,18 +240,23 @@ def train_runs(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from smotune import ray_cluster, trial
+    from smotune.config import SweepConfig
 
     store = _read(path) or {"epochs": cfg.epochs, "base_train": cfg.model_dump(mode="json")}
     store.setdefault("runs", {})
     if store["epochs"] != cfg.epochs:
         raise SystemExit(f"{path} holds {store['epochs']}-epoch runs, this config {cfg.epochs}")
+    changed = _differences(store["base_train"], cfg.model_dump(mode="json"), set(paths))
+    if changed:
+        raise SystemExit(f"{path} was trained with another base config: {', '.join(changed)}")
     todo = [p for p in points if run_key(p, paths, p["seed"]) not in store["runs"]]
     print(f"{name}: {len(points) - len(todo)} of {len(points)} runs cached, training {len(todo)}")
     if not todo:
         return store
     _start_ray()
-    store.setdefault("code", _code_info())
-    print(f"{name}: smotune from {store['code']}", flush=True)
+    code = _code_info()
+    store.setdefault("code", code)  # what trained the first runs; later runs record their own
+    print(f"{name}: smotune from {code}", flush=True)
 
     def done(rec: dict[str, Any]) -> None:
         point = {k: rec["config"][k] for k in [*paths, "seed"]}
@@ -243,6 +269,11 @@ def train_runs(
             "top1": [round(100 * v, 3) for v in rec["top1"]],
             "top5": [round(100 * v, 3) for v in rec["top5"]],
             "wall_s": rec["wall_s"],
+            **(
+                {"code": code["smotune_commit"] or code["repo_head"]}
+                if code != store["code"]
+                else {}
+            ),
             **({"error": rec["error"]} if diverged else {}),
         }
         _write(path, store)
@@ -256,7 +287,10 @@ def train_runs(
     work = tempfile.mkdtemp(prefix="smotune-seb-")
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial.trial_fn, base=cfg.model_dump(mode="json"), storage=f"{work}/train"
+            trial.trial_fn,
+            sweep=SweepConfig(name=name, train=cfg),
+            base_dir=str(ROOT),
+            storage=f"{work}/train",
         ),
         trial.TRIAL_RESOURCES,
     )
