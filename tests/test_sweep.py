@@ -168,6 +168,30 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     assert f"verdict: {parent.data.tags['verdict']}" in page
     assert all(r["trial_id"] in page for r in search_rows)
 
+    # smotune ensemble, run as a user would: the completed search trials' mean probabilities;
+    # each member scores what its trial logged at its last epoch; the result is on the parent
+    completed = [c for c in searched if c.data.tags["status"] == "completed"]
+    ens = subprocess.run(
+        [sys.executable, "-m", "smotune", "ensemble", "--experiment", "e2e"]
+        + ["--top", str(len(completed)), "--tracking-uri", cfg.tracking.uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ens.returncode == 0, ens.stderr
+    table = {ln.split()[1]: ln.split() for ln in ens.stdout.splitlines() if ln[:1].isdigit()}
+    assert len(table) == len(completed)
+    for c in completed:
+        last = max(client.get_metric_history(c.info.run_id, "zeroshot_top1"), key=lambda m: m.step)
+        assert last.step == 2
+        assert float(table[c.data.tags["trial_id"]][-2]) == pytest.approx(last.value, abs=5e-5)
+    lines = [ln.split() for ln in ens.stdout.splitlines()]
+    (ens_row,) = [ln for ln in lines if ln[:2] == ["-", "ensemble"]]
+    ensembled = client.get_run(parent.info.run_id).data
+    assert ensembled.metrics["ensemble_k"] == len(completed)
+    assert ensembled.metrics["ensemble_top1"] == pytest.approx(float(ens_row[-2]), abs=5e-5)
+    assert ensembled.metrics["ensemble_top5"] == pytest.approx(float(ens_row[-1]), abs=5e-5)
+
     # smotune best writes the confirmed winner; smotune train runs it unchanged
     assert (
         cli.main(
