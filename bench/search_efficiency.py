@@ -239,7 +239,7 @@ def train_runs(
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from smotune import ray_cluster, trial
+    from smotune import trial
     from smotune.config import SweepConfig
 
     store = _read(path) or {"epochs": cfg.epochs, "base_train": cfg.model_dump(mode="json")}
@@ -309,7 +309,7 @@ def train_runs(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=work,
-                callbacks=[_recorder(done), ray_cluster.ReleaseOrphanedWorkers()],
+                callbacks=[_recorder(done)],
                 verbose=0,
             ),
         ).fit()

@@ -203,7 +203,7 @@ def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume, pa
         run_config=tune.RunConfig(
             name=name,
             storage_path=trial.storage_uri(sweep.storage.path),
-            callbacks=[callback, ray_cluster.ReleaseOrphanedWorkers()],
+            callbacks=[callback],
             verbose=1,
         ),
     )

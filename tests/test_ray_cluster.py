@@ -1,52 +1,13 @@
-"""The cluster plumbing: fitting the cluster, freeing orphaned worker groups."""
+"""The cluster plumbing: fitting the cluster, what a local cluster's processes are handed."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import ray
-from ray.tune import Callback
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from smotune.config import TrainConfig
 from smotune.errors import UserError
-from smotune.ray_cluster import ReleaseOrphanedWorkers, check_fits
-
-
-@ray.remote(num_cpus=1)
-class _Worker:
-    def ping(self) -> str:
-        return "pong"
-
-
-def _state(pg) -> str:
-    return ray.util.placement_group_table(pg)["state"]
-
-
-@pytest.mark.ray
-def test_orphaned_worker_groups_are_freed_and_used_ones_kept(ray_cluster):
-    orphan = placement_group([{"CPU": 1}])
-    used = placement_group([{"CPU": 1}])
-    driver = placement_group([{"trial_driver": 1}])
-    ray.get([orphan.ready(), used.ready(), driver.ready()])
-    worker = _Worker.options(
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=used)
-    ).remote()
-    assert ray.get(worker.ping.remote()) == "pong"
-
-    release = ReleaseOrphanedWorkers(grace_s=1.0)
-    assert type(release).on_step_end is not Callback.on_step_end  # Tune calls it every step
-    assert release.release() == []  # first sighting: only suspected
-    time.sleep(1.2)
-    assert release.release() == [orphan.id.hex()]
-    assert _state(orphan) == "REMOVED"
-    assert _state(used) == "CREATED" and _state(driver) == "CREATED"
-
-    ray.kill(worker)
-    remove_placement_group(used)
-    remove_placement_group(driver)
+from smotune.ray_cluster import check_fits
 
 
 def test_workers_must_fit_the_cluster():
@@ -69,3 +30,17 @@ def test_a_local_clusters_train_controllers_poll_every_half_second(ray_cluster):
         return os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 
     assert ray.get(seen.remote()) == "0.5"
+
+
+def test_a_local_clusters_processes_know_its_address(ray_cluster):
+    """Train's placement-group cleaner finds the cluster by RAY_ADDRESS: without it, another Ray
+    on the machine left a stopped trial's worker group holding its CPUs (start_local_ray)."""
+
+    @ray.remote(num_cpus=0)
+    def address() -> str | None:
+        import os
+
+        return os.environ.get("RAY_ADDRESS")
+
+    port = ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    assert ray.get(address.remote()) == f"127.0.0.1:{port}"
