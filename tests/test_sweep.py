@@ -23,7 +23,7 @@ GOOD_LR, BAD_LR = 1e-3, 1e-9
 
 
 def _sweep_file(
-    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, **search_kw
+    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, workers=2, **search_kw
 ) -> Path:
     """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing)."""
     data = {
@@ -38,7 +38,7 @@ def _sweep_file(
             },
             "optim": {"lr": GOOD_LR, "warmup_steps": 3, "batch_size": 64},
             "epochs": 2,
-            "workers": {"num": 2, "cpus": 1},
+            "workers": {"num": workers, "cpus": 1},
         },
         "space": {
             "loss.label_smoothing": {"uniform": [0.0, 0.3]},
@@ -247,7 +247,8 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
     """One sweep, three drivers: SIGKILLed mid-sweep, resumed and Ctrl-C'd (exit 130, best.yaml
     marked partial, nothing left RUNNING), resumed again to the end with nothing trained twice."""
     samples = 3
-    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed=_first_good_then_bad(samples))
+    seed = _first_good_then_bad(samples)
+    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed, workers=1)  # not DDP's test
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
