@@ -198,11 +198,11 @@ def test_a_damaged_shard_shortens_no_epoch_that_sizes_json_can_fill(tmp_path):
 
 
 def _one_worker(tmp_path, **optim) -> engine.Worker:
-    """A one-worker run over 2 synth shards of 32 samples (no Ray: rank 0 of 1, on the CPU)."""
+    """A one-worker run over 2 synth shards of 16 samples (no Ray: rank 0 of 1, on the CPU)."""
     from smotune.data import synth
 
     if not (tmp_path / "sizes.json").exists():
-        synth.generate(tmp_path, train_samples=64, shards=2, eval_per_class=1, seed=0)
+        synth.generate(tmp_path, train_samples=32, shards=2, eval_per_class=1, seed=0)
     cfg = TrainConfig(
         data={
             "train": f"{tmp_path}/train-*.tar",
@@ -232,7 +232,7 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
     monkeypatch.setattr(engine, "train_step", lambda *a: losses.append(step(*a)) or losses[-1])
 
     plan = engine.plan_epochs(w)
-    assert (plan.steps, plan.total_steps) == (64 // 8, 2 * 64 // 8)
+    assert (plan.steps, plan.total_steps) == (32 // 8, 2 * 32 // 8)
     first = engine.train_epoch(w, plan, epoch=1)
     assert first["step"] == w.step == plan.steps == len(losses)
     assert first["train_loss"] == pytest.approx(sum(losses) / len(losses))
@@ -245,7 +245,7 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
         from ray.train import Checkpoint
 
         assert engine.resume(again, Checkpoint.from_directory(tmp)) is None
-    assert (again.epoch, again.step, again.skipped_before, again.restarts) == (1, 8, lost, 1)
+    assert (again.epoch, again.step, again.skipped_before, again.restarts) == (1, 4, lost, 1)
     second = engine.train_epoch(again, plan, epoch=2)
     assert second["step"] == 2 * plan.steps and second["restarts"] == 1
     assert second["data_skipped"] == lost + again.skipped.count > lost
