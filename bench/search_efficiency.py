@@ -127,16 +127,15 @@ def base_train(quick: bool):
     return cfg
 
 
-def _differences(stored: dict, now: dict, searched: set[str], prefix: str = "") -> list[str]:
-    """Dotted fields whose value differs between two configs, searched fields aside."""
-    out = []
-    for key in sorted(set(stored) | set(now)):
-        a, b, name = stored.get(key), now.get(key), prefix + key
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, searched, name + ".")
-        elif a != b and name not in searched and name != "workers.max_failures":  # restarts only
-            out.append(f"{name} ({a} -> {b})")
-    return out
+def _differences(stored: dict, now: dict, searched: set[str]) -> list[str]:
+    """Dotted fields whose value differs between two configs, searched fields aside
+    (compared flat, as ``sweep`` compares a resumed sweep file with its record)."""
+    from smotune.config import flatten
+
+    old, new = flatten(stored), flatten(now)
+    ignored = searched | {"workers.max_failures"}  # restarts only: not what a run learns
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [f"{k} ({old.get(k)} -> {new.get(k)})" for k in changed if k not in ignored]
 
 
 def _read(path: Path) -> dict[str, Any]:
