@@ -19,6 +19,7 @@ checkpoint or the eval set that is not there) is checked before any model loads.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import yaml
 
 from smotune import tracking
 from smotune.config import TrainConfig, is_remote, validate_train
-from smotune.data import zeroshot
+from smotune.data import objstore, zeroshot
 from smotune.errors import UserError
 
 # the engine's checkpoint files (engine.MODEL_FILE, engine.CONFIG_FILE; a test checks they
@@ -67,11 +68,9 @@ class Ensemble:
 
 def _read(url: str) -> bytes:
     if is_remote(url):
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(url)
-        with filesystem.open_input_stream(path) as src:
-            return src.read()
+        buf = io.BytesIO()
+        objstore.copy_to(url, buf)
+        return buf.getvalue()
     return Path(url).read_bytes()
 
 
@@ -162,7 +161,8 @@ def _load_model(arch: str, url: str) -> torch.nn.Module:
         return open_clip.create_model(arch, pretrained=url)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / MODEL_FILE
-        local.write_bytes(_read(url))
+        with local.open("wb") as out:  # streamed: a ViT-B-32 checkpoint is ~600 MB
+            objstore.copy_to(url, out)
         return open_clip.create_model(arch, pretrained=str(local))
 
 

@@ -17,7 +17,7 @@ from ray.tune.experiment import Trial
 
 from smotune import cli, engine, ensemble, tracking
 from smotune import model as model_mod
-from smotune.config import SweepConfig, TrainConfig, dump_train
+from smotune.config import ModelConfig, SweepConfig, TrainConfig, dump_train
 from smotune.data import synth, zeroshot
 from smotune.evaluate import zero_shot
 
@@ -244,3 +244,20 @@ def test_unreachable_tracking_server(capsys):
     assert cli.main(["ensemble", "--experiment", "ens", "--top", "1", "--tracking-uri", uri]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "cannot reach the MLflow server at http://127.0.0.1:9" in line and "fix: " in line
+
+
+def test_a_checkpoint_on_s3_is_read_as_the_engine_wrote_it(s3_env, tmp_path):
+    """Checkpoints under an s3:// storage.path (moto_server): the config's bytes and the
+    model's weights come back as saved (the model streamed to a temporary file)."""
+    s3_env.bucket("ens")
+    model = model_mod.create(ModelConfig(arch="tiny-vit"), seed=0)
+    model_mod.save_checkpoint(model, tmp_path / engine.MODEL_FILE)
+    (tmp_path / engine.CONFIG_FILE).write_text("epochs: 1\n")
+    url = {
+        name: s3_env.upload(tmp_path / name, f"s3://ens/trial/{name}")
+        for name in (engine.MODEL_FILE, engine.CONFIG_FILE)
+    }
+    assert ensemble._read(url[engine.CONFIG_FILE]) == b"epochs: 1\n"
+    loaded = ensemble._load_model("tiny-vit", url[engine.MODEL_FILE])
+    theirs = loaded.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
