@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from smotune.config import SweepConfig
 from smotune.errors import UserError, redact
 from smotune.space import default_point, optuna_space
+from smotune.tune_state import KeepsTuneState
 
 STUDY_FILE = "optuna.db"
 ATTR_TUNE_TRIAL = "tune_trial_id"
@@ -167,7 +168,7 @@ def warm_start_trials(sweep: SweepConfig, where: str) -> list[optuna.trial.Froze
     return out
 
 
-class TruthfulOptunaSearch(OptunaSearch):
+class TruthfulOptunaSearch(KeepsTuneState, OptunaSearch):
     """Tune's Optuna searcher, telling Optuna how each trial really ended.
 
     Ray's ``OptunaSearch`` reports intermediate values by Tune's iteration, loses

@@ -30,9 +30,8 @@ from urllib.parse import urlparse
 from pyarrow import fs as pafs
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
 
-from smotune import confirm, ray_cluster, search, tracking, trial
+from smotune import confirm, ray_cluster, search, tracking, trial, tune_state
 from smotune.config import SweepConfig, flatten
 from smotune.errors import UserError, redact
 from smotune.space import optuna_space
@@ -179,6 +178,10 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
         )
     if resume:
         _check_unchanged(sweep, path, where)
+        for experiment in (path, f"{path}-confirm"):  # the search's and the confirm's Tuner
+            repaired = tune_state.repair(experiment, where)
+            if repaired:
+                print(repaired)
     _write_record(sweep, path, where, resume)
     return path
 
@@ -299,7 +302,9 @@ def _confirm(
     results = _tuner(
         sweep,
         f"{sweep.name}-confirm",
-        BasicVariantGenerator(points_to_evaluate=points, max_concurrent=sweep.search.concurrent),
+        tune_state.KeptVariantGenerator(
+            points_to_evaluate=points, max_concurrent=sweep.search.concurrent
+        ),
         FIFOScheduler(),
         len(points),
         callback,

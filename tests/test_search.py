@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from smotune import search
+from smotune import search, tune_state
 from smotune.config import SweepConfig
 from smotune.errors import UserError
 
@@ -163,6 +163,35 @@ def test_optuna_is_told_every_epoch_and_how_each_trial_ended(ray_cluster, tmp_pa
     # an error and a NaN are failures
     assert by_ls[CRASH].state == TrialState.FAIL and sorted(by_ls[CRASH].intermediate_values) == [1]
     assert by_ls[NAN].state == TrialState.FAIL and by_ls[NAN].intermediate_values == {}
+    _a_cut_off_tune_state_is_put_back(tmp_path / "runs" / "told", set(epochs_run))
+
+
+def _a_cut_off_tune_state_is_put_back(experiment: Path, trial_ids: set[str]) -> None:
+    """Ray writes its experiment state in place while it may be uploading it (CI saw a cut-off
+    one on S3 after a killed driver): the searcher keeps a whole copy, and repair puts it back."""
+    from ray.tune import ExperimentAnalysis
+
+    where = "told.yaml"
+    assert tune_state.repair(str(experiment), where) is None  # whole: nothing to do
+    [state] = experiment.glob("experiment_state-*.json")
+    [copy] = experiment.glob(tune_state.COPY.format("*"))
+    assert copy.name == tune_state.COPY.format(state.name[len("experiment_state-") : -5])
+    assert copy.read_bytes() == state.read_bytes()  # Tune's last save, copied whole
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])  # as CI's bucket held it
+    with pytest.raises(ValueError):
+        ExperimentAnalysis(str(experiment))  # what Tuner.restore would meet
+    said = tune_state.repair(str(experiment), where)
+    assert said is not None and copy.name in said and state.name in said
+    assert state.read_bytes() == whole
+    assert {t.trial_id for t in ExperimentAnalysis(str(experiment)).trials} == trial_ids
+    # no whole copy: one line naming the file, the field and the fix
+    state.write_bytes(whole[:100])
+    copy.write_bytes(whole[:50])
+    with pytest.raises(UserError) as err:
+        tune_state.repair(str(experiment), where)
+    assert str(err.value).startswith(f"{where}: storage.path: Tune's state ")
+    assert "\n" not in str(err.value) and "fix: start the sweep again" in str(err.value)
 
 
 RESUMABLE = """

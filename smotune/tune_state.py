@@ -1,0 +1,104 @@
+"""Tune's experiment state, kept whole across a driver that dies mid-upload.
+
+Ray 2.60 writes ``experiment_state-<session>.json`` in place (``open(..., "w")``
+then ``json.dump``) in its driver staging folder, while a background thread may
+still be uploading that folder to ``storage.path``; a forced sync follows every
+trial checkpoint. A driver killed then leaves a cut-off JSON as the newest state
+(seen in CI on S3: "Unterminated string" at char 4046), and ``Tuner.restore``
+fails on it. Here the searcher, which Tune saves right after that file is
+closed, keeps a copy of it written with an atomic rename (``save_to_dir``), so
+an upload reads either the old or the new copy whole; ``repair`` puts that copy
+back before a resume.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from typing import Any
+
+from pyarrow import fs as pafs
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.search import BasicVariantGenerator
+
+from smotune.errors import UserError
+
+COPY = "smotune-experiment-state-{}.json"
+
+
+def keep_copy(dirpath: str, session_str: str) -> None:
+    """Copy the experiment state Tune just wrote in ``dirpath``, swapped in atomically."""
+    state = os.path.join(dirpath, TuneController.CKPT_FILE_TMPL.format(session_str))
+    if not os.path.exists(state):
+        return
+    copy = os.path.join(dirpath, COPY.format(session_str))
+    tmp = f"{copy}.tmp"
+    shutil.copyfile(state, tmp)
+    os.replace(tmp, copy)
+
+
+class KeepsTuneState:
+    """Mixin for a Tune search algorithm or searcher: ``save_to_dir`` also keeps the copy."""
+
+    def save_to_dir(self, dirpath: str, session_str: str = "default") -> Any:
+        saved = super().save_to_dir(dirpath, session_str)
+        keep_copy(dirpath, session_str)
+        return saved
+
+
+class KeptVariantGenerator(KeepsTuneState, BasicVariantGenerator):
+    """Tune's default search algorithm (the confirm phase's preset points), keeping the copy."""
+
+
+def _read(store: pafs.FileSystem, path: str) -> bytes | None:
+    try:
+        with store.open_input_stream(path) as f:
+            return f.readall()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _whole(data: bytes | None) -> bool:
+    try:
+        return data is not None and isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
+
+
+def repair(experiment_uri: str, where: str) -> str | None:
+    """Put smotune's copy back over a cut-off newest experiment state; say what was done.
+
+    None when the newest state reads whole (or there is none). A cut-off state
+    without a whole copy is a one-line UserError: Tune could not resume it.
+    """
+    store, root = pafs.FileSystem.from_uri(experiment_uri)
+    try:
+        infos = store.get_file_info(pafs.FileSelector(root))
+    except (FileNotFoundError, OSError):
+        return None
+    names = [i.base_name for i in infos if i.type == pafs.FileType.File]
+    states = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
+    if not states:
+        return None
+    newest = max(states)  # the one Tune resumes from (Ray's own choice)
+    if _whole(_read(store, f"{root}/{newest}")):
+        return None
+    head, tail = TuneController.CKPT_FILE_TMPL.split("{}")
+    copy = COPY.format(newest[len(head) : -len(tail)])  # the same session's copy
+    data = _read(store, f"{root}/{copy}")
+    if not _whole(data):
+        raise UserError(
+            where,
+            "storage.path",
+            f"Tune's state {experiment_uri}/{newest} was cut off when its driver died, "
+            "and smotune kept no whole copy of it",
+            "start the sweep again under a new name (its finished runs stay in MLflow)",
+        )
+    with store.open_output_stream(f"{root}/{newest}") as f:
+        f.write(data)
+    return (
+        f"Tune's state {newest} was cut off when the sweep's driver died (Ray uploads it while "
+        f"writing it); restored from smotune's copy {copy}"
+    )
