@@ -33,10 +33,10 @@ def keep_copy(dirpath: str, session_str: str) -> None:
     state = os.path.join(dirpath, TuneController.CKPT_FILE_TMPL.format(session_str))
     if not os.path.exists(state):
         return
-    copy = os.path.join(dirpath, COPY.format(session_str))
-    tmp = f"{copy}.tmp"
+    copy = COPY.format(session_str)
+    tmp = os.path.join(dirpath, f".tmp-{copy}")  # uploaded maybe, but never read as the copy
     shutil.copyfile(state, tmp)
-    os.replace(tmp, copy)
+    os.replace(tmp, os.path.join(dirpath, copy))
 
 
 class KeepsTuneState:

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from pyarrow import fs
 
+from smotune import tune_state
+
 pytestmark = pytest.mark.ray
 
 NAME = "s3sweep"
@@ -38,14 +40,24 @@ def _objects(store: fs.FileSystem, prefix: str) -> list[fs.FileInfo]:
     return [i for i in infos if i.type == fs.FileType.File]
 
 
-def _tune_trials(store: fs.FileSystem, experiment: str) -> list[dict]:
-    """The trials of the newest Tune experiment state in the bucket (status, trial_id)."""
-    states = sorted(
-        i.path for i in _objects(store, experiment) if i.base_name.startswith("experiment_state-")
-    )
-    if not states:
+def _newest(store: fs.FileSystem, experiment: str, prefix: str) -> str | None:
+    states = sorted(i.path for i in _objects(store, experiment) if i.base_name.startswith(prefix))
+    return states[-1] if states else None
+
+
+TUNE_STATE, KEPT_STATE = "experiment_state-", tune_state.COPY.split("{}")[0]
+
+
+def _tune_trials(store: fs.FileSystem, experiment: str, prefix: str = TUNE_STATE) -> list[dict]:
+    """The trials of the newest Tune experiment state in the bucket (status, trial_id).
+
+    Tune's own file or, with ``KEPT_STATE``, smotune's copy of it (always whole: Ray
+    rewrites its own in place while it may be uploading it).
+    """
+    newest = _newest(store, experiment, prefix)
+    if newest is None:
         return []
-    with store.open_input_stream(states[-1]) as f:
+    with store.open_input_stream(newest) as f:
         data = json.loads(f.readall())
     return [json.loads(trial) for trial, _ in data["trial_data"]]
 
@@ -113,7 +125,8 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
     deadline = time.time() + 600
     try:
         while first.poll() is None:
-            states = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment)}
+            kept = _tune_trials(store, experiment, KEPT_STATE)  # what a resume starts from
+            states = {t["trial_id"]: t["status"] for t in kept}
             running = [i for i, s in states.items() if s == "RUNNING"]
             if len(states) == 2 and "TERMINATED" in states.values() and running:
                 run = [i.path for i in _objects(store, f"{experiment}/train/train-{running[0]}")]
@@ -129,8 +142,17 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
         first.wait()
     first_out = first_log.read_text()
     assert killed, first_out[-3000:]
-    saved = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment)}
+    saved = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment, KEPT_STATE)}
     print(f"driver killed: {killed}; Tune state in the bucket then: {saved}")
+    newest = _newest(store, experiment, TUNE_STATE)
+    copy = _newest(store, experiment, KEPT_STATE)
+    assert newest.rsplit(TUNE_STATE, 1)[1] == copy.rsplit(KEPT_STATE, 1)[1]  # the same session
+    with store.open_input_stream(newest) as f:
+        whole = f.readall()
+    # the driver may die while Ray uploads a state it is rewriting (CI met one cut off at char
+    # 4046): cut it here every time; the resume must put smotune's whole copy back
+    with store.open_output_stream(newest) as f:
+        f.write(whole[: len(whole) // 2])
 
     # the shards were read from the bucket, and Tune's state and the checkpoints are there
     assert not (tmp_path / "runs").exists()
@@ -143,6 +165,7 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
         [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"restored from smotune's copy {copy.rsplit('/', 1)[1]}" in again.stdout
 
     # both trials ended; the first was not trained again, the second went on from its
     # checkpoint in the bucket: each epoch once
