@@ -23,9 +23,12 @@ GOOD_LR, BAD_LR = 1e-3, 1e-9
 
 
 def _sweep_file(
-    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, workers=2, **search_kw
+    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, **search_kw
 ) -> Path:
-    """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing)."""
+    """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing).
+
+    One worker a trial: DDP is test_train's (two workers, a killed one) and the demo's.
+    """
     data = {
         "name": name,
         "train": {
@@ -38,7 +41,7 @@ def _sweep_file(
             },
             "optim": {"lr": GOOD_LR, "warmup_steps": 3, "batch_size": 64},
             "epochs": 2,
-            "workers": {"num": workers, "cpus": 1},
+            "workers": {"num": 1, "cpus": 1},
         },
         "space": {
             "loss.label_smoothing": {"uniform": [0.0, 0.3]},
@@ -96,6 +99,7 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
         if float(r["params"]["optim.lr"]) == BAD_LR and r is not search_rows[0]:
             assert r["status"] == "early_stopped" and r["epochs_run"] == 1
     assert "zeroshot_top1" in out and "early_stopped" in out and "best.yaml" in out
+    _the_console_said_each_event(out, search_rows, tmp_path / "runs" / "e2e")
 
     # MLflow: one parent, one nested child per trial, dotted params, per-epoch metrics
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
@@ -111,7 +115,7 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "loss.label_smoothing" in child.data.params
-        assert child.data.params["global_batch_size"] == "128"
+        assert child.data.params["global_batch_size"] == "64"
         history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
         epochs = 2 if child.data.tags["status"] == "completed" else 1
         assert [m.step for m in history] == list(range(1, epochs + 1))
@@ -218,7 +222,45 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
         cli.main(["train", "exported.yaml", "--epochs", "1", "--storage", str(tmp_path / "full")])
         == 0
     )
-    assert "final: epoch=1" in capsys.readouterr().out
+    # a line per epoch and nothing else: where the logs went, the run, its epoch, the end
+    trained = capsys.readouterr().out.splitlines()
+    assert len(trained) == 4, trained
+    assert trained[0].startswith(f"ray's logs: {tmp_path / 'full'}/exported-")
+    assert Path(trained[0].split()[2].rstrip(";")).read_text()  # Ray's logs of the run
+    assert trained[2].startswith("epoch 1/1  zeroshot_top1 0.")
+    assert "train_loss" in trained[2] and "samples_per_s" in trained[2]
+    assert trained[3].startswith("final: epoch=1")
+
+
+def _the_console_said_each_event(out: str, search_rows: list[dict], experiment: Path) -> None:
+    """A line per trial event (start, epoch, ASHA's stop with its cutoff, end) and progress
+    lines, Ray's own logs in the file the first line names, and nothing of Tune's tables."""
+    lines = out.splitlines()
+    assert lines[0].startswith(f"ray's logs: {experiment / 'smotune-ray.log'}; its workers' ")
+    assert "ray.tune" in (experiment / "smotune-ray.log").read_text()
+    for r in search_rows:
+        who = f"[search] trial {r['trial_id']}"
+        assert any(ln.startswith(f"{who} started  loss.label_smoothing=") for ln in lines)
+        assert any(ln.startswith(f"{who} epoch 1/2  zeroshot_top1 0.") for ln in lines)
+        end = {
+            "completed": f"{who} completed 2/2 epochs: zeroshot_top1 0.",
+            "early_stopped": f"{who} stopped by ASHA at epoch 1/2: zeroshot_top1 0.",
+        }[r["status"]]
+        (said,) = [ln for ln in lines if ln.startswith(end)]
+        assert ("below the epoch-1 rung's cutoff 0." in said) == (r["status"] == "early_stopped")
+    started = [ln for ln in lines if ln.startswith("[confirm] trial ") and " started  seed " in ln]
+    assert sorted(ln.split("  ")[1] for ln in started) == sorted(
+        f"seed {s} of {g}" for g in ("baseline", _best(search_rows)) for s in (1, 2)
+    )
+    assert "progress: 3/3 trials done, 0 running, " in out
+    assert "progress: 4/4 trials done, 0 running, " in out
+    assert "Trial status" not in out and "Trial name" not in out and "PreemptionWatcher" not in out
+    assert len(lines) < 60, out
+
+
+def _best(search_rows: list[dict]) -> str:
+    done = [r for r in search_rows if r["status"] == "completed"]
+    return max(done, key=lambda r: r["value"])["trial_id"]
 
 
 def _children(uri: str, name: str) -> list:
@@ -248,7 +290,7 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
     marked partial, nothing left RUNNING), resumed again to the end with nothing trained twice."""
     samples = 3
     seed = _first_good_then_bad(samples)
-    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed, workers=1)  # not DDP's test
+    path = _sweep_file(tmp_path, synth_data, "resume", samples, seed)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
