@@ -384,7 +384,8 @@ def importances(data: SweepData, st: optuna.Study) -> dict[str, float]:
 
 
 def _evaluator() -> optuna.importance.FanovaImportanceEvaluator:
-    """Optuna's default (fANOVA), seeded: the same trials draw the same bars."""
+    """fANOVA, seeded: the same trials draw the same bars (Optuna 5's default is PED-ANOVA;
+    the axis says which one drew them)."""
     return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
