@@ -9,6 +9,12 @@ on rank 0, the metrics of DESIGN.md and a checkpoint: an open_clip-loadable
 ``model.pt``, the training state and the ``train.yaml`` it was trained with).
 It knows nothing of Tune.
 
+With ``SMOTUNE_PHASE_TIMES=1`` in the workers' environment (``bench/sweep_overhead.py``
+sets it) rank 0's reports also carry ``phase/*`` keys: how long each part of the
+run took (``time.perf_counter`` differences) and two wall-clock stamps (entering
+the worker, calling ``report``) for the bench to line up with Tune's and Ray's own
+times. They are left out of checkpoints, and MLflow logs no key with a ``/``.
+
 Every rank runs exactly ``steps_per_epoch`` steps per epoch: the loader reads
 the rank's shards round after round (reseeded per round) and stops there, so
 uneven shards or skipped samples never leave one rank waiting for another in
@@ -42,9 +48,11 @@ from smotune.errors import UserError
 from smotune.evaluate import zero_shot
 from smotune.runtime import Runtime, choose_runtime
 
+PHASE_TIMES_ENV = "SMOTUNE_PHASE_TIMES"  # "1": reports carry the phase/* times (the bench's)
 MODEL_FILE = "model.pt"  # open_clip-loadable state dict
 STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
 CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
+EVAL_CACHE_BYTES = 512 * 2**20  # rank 0 keeps a zero-shot set this small decoded across epochs
 
 
 def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
@@ -145,6 +153,7 @@ class Worker:
     skipped_before: int = 0  # samples skipped by the run's earlier worker groups
     restarts: int = 0
     skipped: shards.SkipCounter = field(default_factory=shards.SkipCounter)  # this group's
+    phases: dict[str, float] = field(default_factory=dict)  # phase/* times of the latest epoch
 
     @property
     def module(self) -> torch.nn.Module:
@@ -165,13 +174,21 @@ class EpochPlan:
 def _save_checkpoint(
     tmp: Path, parts: StepParts, metrics: dict[str, Any], cfg: TrainConfig
 ) -> None:
-    """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``)."""
+    """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``).
+
+    The optimizer and scaler state (AdamW's two moments: twice the model's bytes) is
+    what an exact resume needs, and only a run with epochs left resumes: the last
+    epoch's checkpoint leaves it out (a finished run restarted only reports its end,
+    and a run cannot be extended). Tune keeps one checkpoint per run, so a completed
+    trial keeps the model's bytes, not three times them.
+    """
     model_mod.save_checkpoint(parts.model, tmp / MODEL_FILE)
     (tmp / CONFIG_FILE).write_text(dump_train(cfg))
+    resumable = metrics["epoch"] < cfg.epochs
     torch.save(
         {
-            "optimizer": parts.optimizer.state_dict(),
-            "scaler": parts.scaler.state_dict() if parts.scaler else None,
+            "optimizer": parts.optimizer.state_dict() if resumable else None,
+            "scaler": parts.scaler.state_dict() if parts.scaler and resumable else None,
             "epoch": metrics["epoch"],
             "step": metrics["step"],
             "metrics": metrics,
@@ -181,12 +198,14 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(path: str, parts: StepParts) -> dict[str, Any]:
-    """Restore model, optimizer and scaler; return the metrics of the checkpoint's epoch."""
+    """Restore model, optimizer and scaler (the last epoch's checkpoint holds neither of the
+    two); return the metrics of the checkpoint's epoch."""
     module = getattr(parts.model, "module", parts.model)
     sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
     module.load_state_dict(sd["state_dict"])
     state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
-    parts.optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:
+        parts.optimizer.load_state_dict(state["optimizer"])
     if parts.scaler and state["scaler"]:
         parts.scaler.load_state_dict(state["scaler"])
     return state["metrics"]
@@ -257,6 +276,7 @@ def setup(cfg: TrainConfig) -> Worker:
     import ray.train
     import ray.train.torch
 
+    entered, t0 = time.time(), time.perf_counter()
     quiet_libraries()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -265,7 +285,7 @@ def setup(cfg: TrainConfig) -> Worker:
     if runtime.device_type == "cpu" and cfg.workers.cpus >= 1:
         torch.set_num_threads(int(cfg.workers.cpus))
     strategy = "ddp" if world > 1 else None
-    return build_worker(
+    w = build_worker(
         cfg,
         rank,
         world,
@@ -273,6 +293,8 @@ def setup(cfg: TrainConfig) -> Worker:
         device,
         wrap=lambda m: ray.train.torch.prepare_model(m, parallel_strategy=strategy),
     )
+    w.phases.update({"phase/enter_wall": entered, "phase/setup_s": time.perf_counter() - t0})
+    return w
 
 
 def build_worker(
@@ -336,7 +358,7 @@ def plan_epochs(w: Worker) -> EpochPlan:
     re-reading; else its readable count may set the minimum, and rank 0 prints
     what that cost.
     """
-    cfg = w.cfg
+    cfg, t0 = w.cfg, time.perf_counter()
     steps, damage = epoch_plan(cfg, w.world)
     if damage and w.rank == 0:
         print(damage, flush=True)
@@ -346,8 +368,9 @@ def plan_epochs(w: Worker) -> EpochPlan:
     if w.rank == 0:
         d = cfg.data
         evalset = zeroshot.load(
-            d.zeroshot, d.zeroshot_split, w.eval_preprocess, cfg.eval.max_samples
+            d.zeroshot, d.zeroshot_split, w.eval_preprocess, cfg.eval.max_samples, EVAL_CACHE_BYTES
         )
+    w.phases["phase/plan_s"] = time.perf_counter() - t0
     return EpochPlan(steps, steps * cfg.epochs, loader_cfg, evalset)
 
 
@@ -361,11 +384,13 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
     # dropout and augmentation: seeded per rank and epoch, so a resumed run repeats them
     torch.manual_seed(cfg.seed * 1000 + w.rank + 1 + 7919 * epoch)
     w.parts.model.train()
+    t0 = time.perf_counter()
     loader = shards.make_loader(
         plan.loader_cfg, w.preprocess, w.tokenizer, w.rank, w.world, epoch, w.skipped
     )
-    loss_sum, samples, t0 = 0.0, 0, time.perf_counter()
+    loss_sum, samples, first, t_loop = 0.0, 0, None, time.perf_counter()
     for images, texts in loader:
+        first = first or time.perf_counter()  # the loader's workers started, a batch is in
         lr = optim.lr_at(w.step, cfg, plan.total_steps)
         loss = train_step(w.parts, images.to(w.device), texts.to(w.device), lr)
         if not math.isfinite(loss):
@@ -373,7 +398,9 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
         w.step += 1
         loss_sum += loss * images.shape[0]
         samples += images.shape[0]
-    elapsed = time.perf_counter() - t0
+    end = time.perf_counter()
+    elapsed = end - t_loop
+    w.phases.update({"phase/loader_s": (first or end) - t0, "phase/steps_s": end - (first or end)})
     loss_sum, samples, skipped = _all_reduce(
         [loss_sum, samples, w.skipped.count], w.device, w.world
     )
@@ -395,14 +422,26 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
+        report = metrics
         if w.rank == 0:
             autocast = w.parts.runtime.autocast_dtype
+            t0 = time.perf_counter()
             metrics.update(
                 zero_shot(
                     w.module, w.tokenizer, plan.evalset, w.device, w.cfg.eval.batch_size, autocast
                 )
             )
+            t1 = time.perf_counter()
             _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg)
+            w.phases.update(
+                {
+                    "phase/eval_s": t1 - t0,
+                    "phase/checkpoint_s": time.perf_counter() - t1,
+                    "phase/checkpoint_bytes": sum(f.stat().st_size for f in Path(tmp).iterdir()),
+                }
+            )
             print(epoch_line(metrics, w.cfg.epochs), flush=True)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+            if os.environ.get(PHASE_TIMES_ENV) == "1":
+                report = {**metrics, **w.phases, "phase/report_wall": time.time()}
+        ray.train.report(report, checkpoint=checkpoint)

@@ -251,6 +251,44 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
     assert second["data_skipped"] == lost + again.skipped.count > lost
 
 
+def _checkpoint(tmp: Path, w: engine.Worker, metrics) -> tuple[Path, int]:
+    tmp.mkdir()
+    engine._save_checkpoint(tmp, w.parts, metrics, w.cfg)
+    return tmp, sum(f.stat().st_size for f in tmp.iterdir())
+
+
+def test_a_resumed_run_is_the_uninterrupted_run_and_only_its_last_checkpoint_is_small(
+    tmp_path, one_thread
+):
+    """Resumed from epoch 1's checkpoint (model + AdamW state), epoch 2 gives the very
+    parameters and loss of the run that went on; the last epoch's checkpoint leaves the
+    optimizer out (nothing resumes training from it) and a restart from it reports the end."""
+    from ray.train import Checkpoint
+
+    w = _one_worker(tmp_path)
+    plan = engine.plan_epochs(w)
+    first = engine.train_epoch(w, plan, epoch=1)
+    mid, mid_bytes = _checkpoint(tmp_path / "epoch1", w, first)
+    second = engine.train_epoch(w, plan, epoch=2)
+    last, last_bytes = _checkpoint(tmp_path / "epoch2", w, second)
+
+    again = _one_worker(tmp_path)
+    assert engine.resume(again, Checkpoint.from_directory(str(mid))) is None
+    resumed = engine.train_epoch(again, plan, epoch=2)
+    assert resumed["train_loss"] == second["train_loss"]
+    ours, theirs = w.module.state_dict(), again.module.state_dict()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+
+    assert torch.load(mid / engine.STATE_FILE, weights_only=True)["optimizer"]["state"]
+    assert torch.load(last / engine.STATE_FILE, weights_only=True)["optimizer"] is None
+    model_bytes = (last / engine.MODEL_FILE).stat().st_size
+    assert last_bytes < 1.1 * model_bytes and mid_bytes > 2.9 * model_bytes  # AdamW: 2 moments
+    ended = _one_worker(tmp_path)
+    assert engine.resume(ended, Checkpoint.from_directory(str(last))) == second
+    assert (ended.epoch, ended.step, ended.restarts) == (2, second["step"], 0)
+
+
 def test_a_non_finite_loss_stops_the_epoch_at_once(tmp_path, one_thread):
     w = _one_worker(tmp_path, lr=1e4, warmup_steps=0)
     plan = engine.plan_epochs(w)

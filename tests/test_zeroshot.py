@@ -84,6 +84,40 @@ def test_wds_transform_and_max_samples(synth_eval):
     assert _labels(evalset, 4) == list(range(10))
 
 
+def test_a_pass_that_fits_cache_bytes_is_read_once(tmp_path):
+    """The eval set's first whole pass is kept (the next read no file) when it fits; a bigger
+    one, a pass with another batch size or an unfinished pass is read from the files."""
+    import shutil
+
+    from torchvision import transforms
+
+    root = tmp_path / "zs"
+    synth.generate(tmp_path, train_samples=16, shards=1, eval_per_class=2, seed=3)
+    to_tensor = transforms.Compose([transforms.Resize(16), transforms.ToTensor()])
+    pass_bytes = 2 * len(synth.CLASSES) * (3 * 16 * 16 * 4 + 8)  # float images, long labels
+
+    def load(cache_bytes):
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(tmp_path / "zeroshot", root)
+        return zeroshot.load(root, transform=to_tensor, cache_bytes=cache_bytes)
+
+    kept = load(pass_bytes)
+    next(iter(kept.loader(batch_size=8)))  # a pass left unfinished keeps nothing
+    first = list(kept.loader(batch_size=8))
+    streamed = load(pass_bytes - 1)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, streamed.loader(8), strict=True))
+    shutil.rmtree(root)
+    again = list(kept.loader(batch_size=8))  # no file left: from memory
+    assert all(
+        torch.equal(a, b) and torch.equal(y, z) for (a, y), (b, z) in zip(again, first, strict=True)
+    )
+    assert kept.skipped == 0
+    with pytest.raises(FileNotFoundError):  # another batch size reads the (deleted) files
+        list(kept.loader(batch_size=4))
+    with pytest.raises(FileNotFoundError):  # too big to keep: the second pass reads the files
+        list(streamed.loader(batch_size=8))
+
+
 def test_wds_image_keys_and_corrupt_images_are_skipped(tmp_path, caplog):
     jpg, webp = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (8, 8)).save(jpg, format="JPEG")

@@ -16,7 +16,10 @@ from ``root/zeroshot_classification_templates.txt`` if present, else OpenAI's 80
 ImageNet templates.
 
 Only local roots are supported. Unreadable images are skipped and counted in
-:attr:`EvalSet.skipped`.
+:attr:`EvalSet.skipped`. With ``cache_bytes`` an eval set keeps the batches of
+its first whole pass in memory when they fit, and later passes (the next
+epochs' evals) read them instead of decoding every image again; the eval
+transform is deterministic, so the batches are the same.
 """
 
 from __future__ import annotations
@@ -178,8 +181,10 @@ class EvalSet:
     max_samples: int | None = None
     shards: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)
+    cache_bytes: int = 0  # keep a whole pass's batches in memory when they fit (0: never)
     skipped: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
+    _cache: tuple[int, list[Batch], int] | None = field(default=None, init=False, repr=False)
 
     def _dataset(self):
         decode = _Decode(self.transform)
@@ -196,6 +201,9 @@ class EvalSet:
 
     def loader(self, batch_size: int, num_workers: int = 0) -> Iterator[Batch]:
         """Batches ``(images [B,3,H,W], labels [B])`` in a fixed order; counts skipped images."""
+        if self._cache is not None and self._cache[0] == batch_size:
+            _, batches, self.skipped = self._cache
+            return iter(batches)
         data = DataLoader(
             self._dataset(),
             batch_size=batch_size,
@@ -203,7 +211,24 @@ class EvalSet:
             num_workers=num_workers,
             collate_fn=_collate,
         )
+        if self.cache_bytes > 0:
+            return self._kept(self._batches(data), batch_size)
         return self._batches(data)
+
+    def _kept(self, batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
+        """``batches`` as they come, kept as the cache once the pass ends within ``cache_bytes``."""
+        kept: list[Batch] | None = []
+        size = 0
+        for images, labels in batches:
+            if kept is not None:
+                size += images.nbytes + labels.nbytes
+                if size <= self.cache_bytes:
+                    kept.append((images, labels))
+                else:
+                    kept = None
+            yield images, labels
+        if kept is not None:
+            self._cache = (batch_size, kept, self.skipped)
 
     def _batches(self, data: DataLoader) -> Iterator[Batch]:
         self.skipped = 0
@@ -300,8 +325,10 @@ def load(
     split: str = "test",
     transform: Callable | None = None,
     max_samples: int | None = None,
+    cache_bytes: int = 0,
 ) -> EvalSet:
-    """Open the eval set at ``root`` (either layout); ``max_samples`` caps one pass.
+    """Open the eval set at ``root`` (either layout); ``max_samples`` caps one pass, and a
+    pass of at most ``cache_bytes`` is kept in memory for the next ones.
 
     For webdataset sets the cap takes the first samples in shard order; for
     folders it takes evenly spaced files, so every class keeps its share.
@@ -318,9 +345,13 @@ def load(
     split_dir = root / split
     if (split_dir / "nshards.txt").is_file() or any(split_dir.glob("*.tar")):
         classnames, templates, shards = _load_wds(root, split_dir)
-        return EvalSet(root, "wds", classnames, templates, transform, max_samples, shards=shards)
+        return EvalSet(
+            root, "wds", classnames, templates, transform, max_samples, shards, [], cache_bytes
+        )
     folder = split_dir if split_dir.is_dir() else root
     classnames, templates, files = _load_folder(root, folder)
     if max_samples is not None:
         files = _spread(files, max_samples)
-    return EvalSet(root, "folder", classnames, templates, transform, max_samples, files=files)
+    return EvalSet(
+        root, "folder", classnames, templates, transform, max_samples, [], files, cache_bytes
+    )
