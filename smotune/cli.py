@@ -14,6 +14,7 @@ from smotune.errors import EXIT_USER_ERROR, UserError
 
 EXIT_ALL_FAILED = 1  # a sweep in which every trial failed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+VERBOSE_HELP = "also show Ray's, Tune's and Train's own logs live (always in the printed log file)"
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -40,7 +41,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = config.apply(cfg, overrides, where="command line")
     from smotune.trial import run_train
 
-    run_train(cfg, storage=args.storage, name=args.name, config_file=args.config)
+    run_train(
+        cfg, storage=args.storage, name=args.name, config_file=args.config, verbose=args.verbose
+    )
     return 0
 
 
@@ -50,7 +53,7 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep_cfg = config.load_sweep(args.file)
     from smotune.sweep import run_sweep
 
-    outcome = run_sweep(sweep_cfg, sweep_file=args.file, resume=args.resume)
+    outcome = run_sweep(sweep_cfg, sweep_file=args.file, resume=args.resume, verbose=args.verbose)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_ALL_FAILED if outcome.all_failed else 0
@@ -127,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--epochs", type=int, default=None, help="override epochs")
     train.add_argument("--workers", type=int, default=None, help="override workers.num")
+    train.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep file (Tune + Optuna + ASHA + MLflow)")
     sweep.add_argument("file")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sweep.set_defaults(func=_sweep)
 
     best = sub.add_parser("best", help="export the best completed trial of a sweep")

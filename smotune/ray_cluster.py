@@ -53,19 +53,21 @@ def start_local_ray(**init_kwargs: Any) -> None:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
-def connect(trial_drivers: int = 1) -> dict[str, float]:
+def connect(trial_drivers: int = 1, verbose: bool = False) -> dict[str, float]:
     """Join the Ray cluster at RAY_ADDRESS, or start a local one with ``trial_driver`` slots.
 
     Returns the cluster's resources. A cluster without the ``trial_driver``
-    resource is a user error that names the ``ray start`` flag adding it.
+    resource is a user error that names the ``ray start`` flag adding it. The Ray
+    workers' output reaches this terminal only when ``verbose`` (else it stays in
+    the session's logs, :func:`worker_logs`).
     """
     import ray
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=True)
+            ray.init(log_to_driver=verbose)
         else:
-            start_local_ray(resources={TRIAL_DRIVER: trial_drivers}, log_to_driver=True)
+            start_local_ray(resources={TRIAL_DRIVER: trial_drivers}, log_to_driver=verbose)
     resources = ray.cluster_resources()
     if resources.get(TRIAL_DRIVER, 0) < 1:
         raise UserError(
@@ -76,6 +78,14 @@ def connect(trial_drivers: int = 1) -> dict[str, float]:
             f"{trial_drivers}}}' (see cluster/README.md)",
         )
     return resources
+
+
+def worker_logs() -> str:
+    """The folder of this node's Ray session logs (the workers' stdout and stderr)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return os.path.join(context.get_temp_dir(), context.get_session_name(), "logs")
 
 
 def check_fits(cfg: TrainConfig, resources: dict[str, float]) -> None:

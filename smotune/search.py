@@ -247,6 +247,7 @@ class ResumableASHA(ASHAScheduler):
         self.study_name = study_name
         self._known: set[str] = set()
         self._pruned: set[str] = set()
+        self._stops: dict[str, tuple[Any, float]] = {}
         self._synced = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -271,12 +272,33 @@ class ResumableASHA(ASHAScheduler):
                 if reached and tune_id not in recorded:
                     recorded[tune_id] = self._metric_op * t.intermediate_values[reached[0]]
 
+    def _judging_rung(self, trial_id: str, epoch: Any) -> tuple[Any, float | None] | None:
+        """The rung this result is judged at (the first of ASHA's rungs, highest first, that
+        the epoch reached and that holds no value of the trial), and that rung's cutoff
+        before the trial's value joins it (ASHA's own ``cutoff``). One bracket only."""
+        if epoch is None or len(self._brackets) != 1:
+            return None
+        bracket = self._brackets[0]
+        for milestone, recorded in bracket._rungs:
+            if epoch >= milestone and trial_id not in recorded:
+                cutoff = bracket.cutoff(recorded)
+                return milestone, None if cutoff is None else float(self._metric_op * cutoff)
+        return None
+
+    def stop_rung(self, trial_id: str) -> tuple[Any, float] | None:
+        """The rung (epoch milestone) and cutoff at which this scheduler stopped the trial."""
+        return self._stops.get(trial_id)
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if not self._synced:
             self._sync()
         if trial.trial_id in self._pruned:
             return TrialScheduler.STOP
-        return super().on_trial_result(tune_controller, trial, result)
+        rung = self._judging_rung(trial.trial_id, result.get(TIME_ATTR))
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and rung is not None and rung[1] is not None:
+            self._stops[trial.trial_id] = rung
+        return decision
 
 
 def make_searcher(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> TruthfulOptunaSearch:

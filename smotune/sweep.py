@@ -31,7 +31,7 @@ from pyarrow import fs as pafs
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from smotune import confirm, ray_cluster, search, tracking, trial, tune_state
+from smotune import confirm, console, ray_cluster, search, tracking, trial, tune_state
 from smotune.config import SweepConfig, flatten
 from smotune.errors import UserError, redact
 from smotune.space import optuna_space
@@ -186,8 +186,13 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
     return path
 
 
-def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume, param_space=None):
-    """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored."""
+def _tuner(
+    sweep, name, search_alg, scheduler, num_samples, callbacks, resume, verbose, param_space=None
+):
+    """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored.
+
+    Tune's own result tables only with ``verbose``; ``callbacks`` (the MLflow one and the
+    console) come back with a restored Tuner from its saved state."""
     path = f"{trial.storage_uri(sweep.storage.path).rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(path):
         # the MLflow callback comes back from the experiment state, re-attached to its runs
@@ -206,8 +211,8 @@ def _tuner(sweep, name, search_alg, scheduler, num_samples, callback, resume, pa
         run_config=tune.RunConfig(
             name=name,
             storage_path=trial.storage_uri(sweep.storage.path),
-            callbacks=[callback],
-            verbose=1,
+            callbacks=callbacks,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -225,34 +230,53 @@ class Outcome:
         return bool(self.rows) and all(r["status"] == tracking.FAILED for r in self.rows)
 
 
-def run_sweep(sweep: SweepConfig, sweep_file: str | Path, resume: bool = False) -> Outcome:
-    """Run (or resume) a sweep and its confirm phase; print the summary; say how it ended."""
+def run_sweep(
+    sweep: SweepConfig, sweep_file: str | Path, resume: bool = False, verbose: bool = False
+) -> Outcome:
+    """Run (or resume) a sweep and its confirm phase; print the summary; say how it ended.
+
+    The console shows one line per trial event (``console.py``); Ray's own logs go to a
+    file whose path is printed first, or also to the terminal with ``verbose``.
+    """
     where = str(sweep_file)
     started = time.monotonic()
     path = _check_start(sweep, where, resume)
     study_url, study_storage = search.prepare_study(sweep, resume, where)
-    resources = ray_cluster.connect(trial_drivers=sweep.search.concurrent)
-    ray_cluster.check_fits(sweep.train, resources)
+    log, under_storage = console.log_file(sweep.storage.path, sweep.name)
+    with console.ray_logs_to(log, verbose):
+        resources = ray_cluster.connect(trial_drivers=sweep.search.concurrent, verbose=verbose)
+        print(console.where_logs_go(log, under_storage, ray_cluster.worker_logs()), flush=True)
+        ray_cluster.check_fits(sweep.train, resources)
+        return _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_storage)
+
+
+def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_storage) -> Outcome:
+    """The search, the confirm phase and the summary, on a connected cluster."""
 
     text = Path(sweep_file).read_text()
     parent_tags = {
         tracking.TAG_OPTUNA_STORAGE: redact(study_url),
         tracking.TAG_SWEEP_PATH: path,
     }
+    scheduler = search.make_scheduler(sweep, study_url)
     grid = _tuner(
         sweep,
         sweep.name,
         search.make_searcher(sweep, study_storage),
-        search.make_scheduler(sweep, study_url),
+        scheduler,
         sweep.search.samples,
-        tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags),
+        [
+            tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags),
+            console.SweepConsole(sweep, sweep.search.samples, "search", scheduler=scheduler),
+        ],
         resume,
+        verbose,
     ).fit()
     finished = _ended(grid, sweep.search.samples)
     parent_id = tracking.sweep_parent_id(sweep.tracking.uri, sweep.experiment, path)
     confirmed = None
     if sweep.search.confirm is not None and finished:
-        confirmed = _confirm(sweep, text, study_storage, parent_id, resume)
+        confirmed = _confirm(sweep, text, study_storage, parent_id, resume, verbose)
         finished = confirmed is not None
     budget = sweep.search.time_budget
     interrupted = not finished and not (budget and time.monotonic() - started >= budget)
@@ -284,7 +308,7 @@ def _ended(grid: Any, expected: int) -> bool:
 
 
 def _confirm(
-    sweep: SweepConfig, text: str, study_storage: Any, parent_id: str, resume: bool
+    sweep: SweepConfig, text: str, study_storage: Any, parent_id: str, resume: bool, verbose: bool
 ) -> tuple[list[confirm.Group], confirm.Verdict] | None:
     """Re-run the baseline and the top configs over new seeds; log and return the verdict.
 
@@ -299,6 +323,9 @@ def _confirm(
         parent_run_id=parent_id,
         confirm_labels=functools.partial(_label, groups),
     )
+    shown = console.SweepConsole(
+        sweep, len(points), "confirm", label=functools.partial(_label, groups)
+    )
     results = _tuner(
         sweep,
         f"{sweep.name}-confirm",
@@ -307,8 +334,9 @@ def _confirm(
         ),
         FIFOScheduler(),
         len(points),
-        callback,
+        [callback, shown],
         resume,
+        verbose,
         param_space=dict.fromkeys(points[0]),  # the keys the preset points fill in
     ).fit()
     if not _ended(results, len(points)):

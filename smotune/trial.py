@@ -191,6 +191,7 @@ def run_train(
     storage: str = "runs",
     name: str | None = None,
     config_file: str | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """``smotune train``: one run of ``cfg`` on the local Ray (or RAY_ADDRESS).
 
@@ -199,20 +200,30 @@ def run_train(
     beside it. A run of the same name and config resumes from its last checkpoint
     (a finished one trains nothing and reports its end again); the same name with
     another config is a :class:`UserError`, raised before Ray is touched.
+    It prints one line per epoch; Ray's own logs go to ``<storage>/<name>/smotune-ray.log``
+    (or also to the terminal with ``verbose``).
     Returns the final metrics, the checkpoint path under ``checkpoint`` and the run
     name under ``run``.
     """
+    from smotune import console
+    from smotune.ray_cluster import worker_logs
+
     where = config_file or "config"
     default = default_run_name(cfg, config_file)
     name = name or default
     resume = check_run(cfg, storage, name, where, default if name != default else None)
     run_cfg = absolute_paths(cfg)
-    check_fits(run_cfg, connect())
-    if not resume:
-        record_run(cfg, storage, name)
-    state = "same config as stored: resuming" if resume else "new run"
-    print(f"run {name} in {storage_uri(storage)} ({state})", flush=True)
-    result = fit(build_trainer(run_cfg, storage, name))
+    log, under_storage = console.log_file(storage, name)
+    with console.ray_logs_to(log, verbose):
+        check_fits(run_cfg, connect(verbose=verbose))
+        print(console.where_logs_go(log, under_storage, worker_logs()), flush=True)
+        if not resume:
+            record_run(cfg, storage, name)
+        state = "same config as stored: resuming" if resume else "new run"
+        print(f"run {name} in {storage_uri(storage)} ({state})", flush=True)
+        feed = console.EpochFeed(cfg.epochs)
+        with feed.printing():
+            result = fit(build_trainer(run_cfg, storage, name, callbacks=[feed.callback()]))
     final = dict(result.metrics or {})
     final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     final["run"] = name

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from smotune import search, tune_state
+from smotune import console, search, tune_state
 from smotune.config import SweepConfig
 from smotune.errors import UserError
 
@@ -98,17 +99,22 @@ def _enqueue(sweep: SweepConfig, url: str, values: list[float]) -> None:
 
 
 def _tuner(sweep: SweepConfig, trainable, url: str, storage):
+    """The sweep's searcher and ASHA, and the console a sweep shows (``console.SweepConsole``)."""
     from ray import tune
 
+    scheduler = search.make_scheduler(sweep, url)
+    shown = console.SweepConsole(sweep, sweep.search.samples, scheduler=scheduler)
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(
             search_alg=search.make_searcher(sweep, storage),
-            scheduler=search.make_scheduler(sweep, url),
+            scheduler=scheduler,
             num_samples=sweep.search.samples,
             max_concurrent_trials=1,
         ),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage.path, verbose=0),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=sweep.storage.path, verbose=0, callbacks=[shown]
+        ),
     )
 
 
@@ -116,7 +122,9 @@ SEQUENCE = [GOOD, BAD, MIDDLING, CRASH, NAN]
 
 
 @pytest.mark.ray
-def test_optuna_is_told_every_epoch_and_how_each_trial_ended(ray_cluster, tmp_path, monkeypatch):
+def test_optuna_is_told_every_epoch_and_how_each_trial_ended(
+    ray_cluster, tmp_path, monkeypatch, capsys
+):
     log = tmp_path / "reported.jsonl"
     monkeypatch.setenv("SMOTUNE_TEST_LOG", str(log))
     sys.path.insert(0, str(_write_trainable(tmp_path).parent))
@@ -163,7 +171,37 @@ def test_optuna_is_told_every_epoch_and_how_each_trial_ended(ray_cluster, tmp_pa
     # an error and a NaN are failures
     assert by_ls[CRASH].state == TrialState.FAIL and sorted(by_ls[CRASH].intermediate_values) == [1]
     assert by_ls[NAN].state == TrialState.FAIL and by_ls[NAN].intermediate_values == {}
+    _the_console_said_it(capsys.readouterr().out, by_ls)
     _a_cut_off_tune_state_is_put_back(tmp_path / "runs" / "told", set(epochs_run))
+
+
+def _the_console_said_it(out: str, by_ls: dict[float, Any]) -> None:
+    """One line per event as the sweep's console prints them, ASHA's cutoffs as ASHA computed
+    them: at BAD's first epoch the epoch-1 rung held GOOD's 1/3; at MIDDLING's second epoch
+    the epoch-2 rung held GOOD's 2/3 (MIDDLING's 0.3 passed rung 1's median 0.25)."""
+    lines = out.splitlines()
+    who = {ls: f"[search] trial {t.user_attrs[search.ATTR_TUNE_TRIAL]}" for ls, t in by_ls.items()}
+    for ls in SEQUENCE:
+        assert f"{who[ls]} started  loss.label_smoothing={ls:.4g}" in lines, out
+    good = [f"{who[GOOD]} epoch {e}/3  zeroshot_top1 {curve(GOOD, e):.4f}" for e in (1, 2, 3)]
+    assert [ln for ln in lines if ln.startswith(f"{who[GOOD]} epoch")] == good
+    assert f"{who[GOOD]} completed 3/3 epochs: zeroshot_top1 1.0000" in lines
+    assert (
+        f"{who[BAD]} stopped by ASHA at epoch 1/3: zeroshot_top1 0.1667 below the epoch-1 "
+        "rung's cutoff 0.3333"
+    ) in lines
+    assert (
+        f"{who[MIDDLING]} stopped by ASHA at epoch 2/3: zeroshot_top1 0.6000 below the "
+        "epoch-2 rung's cutoff 0.6667"
+    ) in lines
+    assert f"{who[CRASH]} failed after 1/3 epochs: RuntimeError: crash at epoch 2" in lines
+    assert f"{who[NAN]} failed at epoch 1/3: zeroshot_top1 is nan" in lines
+    progress = [ln for ln in lines if ln.startswith("progress: ")]
+    assert len(progress) == 2 * len(SEQUENCE)  # at each start and each end
+    assert progress[0].startswith("progress: 0/5 trials done, 1 running, elapsed ")
+    assert progress[0].endswith("ETA -")
+    assert progress[-1].startswith("progress: 5/5 trials done, 0 running, ")
+    assert progress[-1].endswith("ETA 0s")
 
 
 def _a_cut_off_tune_state_is_put_back(experiment: Path, trial_ids: set[str]) -> None:
@@ -416,4 +454,8 @@ def test_ray_internals_the_searcher_and_asha_rely_on():
     rungs = asha._brackets[0]._rungs
     assert [m for m, _ in rungs] == [9, 3, 1] and all(rec == {} for _, rec in rungs), checked_on
     assert asha._metric_op == 1.0, checked_on
+    # the cutoff a rung applies, as ResumableASHA.stop_rung reports it (ASHA's own method)
+    assert asha._brackets[0].cutoff({"a": 0.1, "b": 0.4, "c": 0.7}) == pytest.approx(0.5), (
+        checked_on
+    )
     assert ray.__version__.startswith("2.60."), f"Ray {ray.__version__}: {checked_on}"
