@@ -6,22 +6,33 @@ The arithmetic, printed line by line: global samples per epoch
 (``data.samples_per_epoch`` x ``workers.num``), seconds per epoch on the
 trial's GPUs (plus a zero-shot eval on rank 0 while the other ranks wait),
 GPU-hours of one trial that runs every epoch, of the whole sweep without early
-stopping, and with ASHA. ASHA's saving is simulated with Ray's rule
-(``_Bracket.on_result``: at each rung a trial goes on only if its score reaches
-the (1 - 1/reduction) quantile of the scores already recorded there), the
-sweep's trial count and concurrency, and trials whose score is a fixed quality
+stopping, and with ASHA, and the checkpoint bytes they write. ASHA's saving is
+simulated with Ray's rule (``_Bracket.on_result``: at each rung a trial goes on
+only if its score reaches the (1 - 1/reduction) quantile of the scores already
+recorded there), the sweep's trial count and concurrency, and trials whose score is a fixed quality
 plus epoch noise that shrinks as 1/sqrt(epoch). The throughput is an
 assumption: measure it with a one-epoch ``smotune train`` on one GPU node
 (its ``samples_per_s`` divided by the GPUs) and run this again.
+
+Two costs come from ``bench/sweep_overhead.py``'s measured run
+(``bench/results/sweep_overhead.json``): a trial's fixed cost (Ray's trial and
+worker-group start, imports, model build, the end: everything but its epochs),
+charged on every trial's GPUs unless ``--startup-s`` is given, and a
+checkpoint's bytes per model parameter (fp32 model + AdamW's two moments; the
+last epoch's holds the model only), scaled to the sweep's architecture by its
+parameter count. Rank 0 writes each epoch's checkpoint while the other ranks
+wait, at an assumed ``--write-mb-s``, so its time joins every epoch's.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +40,57 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from smotune.config import SweepConfig, load_sweep  # noqa: E402
+from smotune.config import ModelConfig, SweepConfig, load_sweep  # noqa: E402
 from smotune.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+
+OVERHEAD_FILE = ROOT / "bench" / "results" / "sweep_overhead.json"
+
+
+class Overhead(NamedTuple):
+    """What a trial costs besides its epochs' training and eval (``bench/sweep_overhead.py``)."""
+
+    fixed_s: float  # per trial, on its GPUs: start-up and end
+    bytes_per_param: float  # a checkpoint with the optimizer state (every epoch but the last)
+    last_bytes_per_param: float  # the last epoch's checkpoint (the model only)
+    source: str = "bench/sweep_overhead.py"
+
+
+def measured_overhead(path: Path = OVERHEAD_FILE) -> Overhead:
+    """The fixed cost and checkpoint bytes per parameter of ``bench/sweep_overhead.py``'s run
+    (medians over its repeats)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            str(path),
+            "",
+            f"cannot read the measured overhead: {err}",
+            "run bench/sweep_overhead.py, or pass --startup-s and --bytes-per-param",
+        ) from None
+    ratios = [pair["ratios"] for pair in result["pairs"]]
+    return Overhead(
+        fixed_s=float(result["fixed_s"]),
+        bytes_per_param=_median([r["checkpoint_bytes_per_param"] for r in ratios]),
+        last_bytes_per_param=_median([r["checkpoint_bytes_per_param_last_epoch"] for r in ratios]),
+        source=f"bench/sweep_overhead.py, {result.get('date', 'undated')}",
+    )
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def count_params(arch: str) -> int:
+    """Parameters of the open_clip model ``arch`` (built on the CPU, randomly initialised)."""
+    import logging
+
+    from smotune import model
+
+    logging.disable(logging.WARNING)  # open_clip: "No pretrained weights loaded" (none wanted)
+    try:
+        return sum(p.numel() for p in model.create(ModelConfig(arch=arch)).parameters())
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def asha_rungs(max_t: int, grace: int, reduction: float) -> list[int]:
@@ -80,8 +140,16 @@ def simulate_asha(
     return float(np.mean(means))
 
 
-def budget(sweep: SweepConfig, per_gpu: float, eval_s: float, startup_s: float) -> list[str]:
-    """The cost of ``sweep`` as lines of arithmetic (see the module docstring)."""
+def estimate(
+    sweep: SweepConfig,
+    per_gpu: float,
+    eval_s: float,
+    overhead: Overhead,
+    params: int,
+    write_mb_s: float,
+) -> dict:
+    """The cost of ``sweep``: ``lines`` of arithmetic (see the module docstring) and the
+    numbers they print (``total_gpu_h``, ``written_bytes``, ...)."""
     t = sweep.train
     if t.data.samples_per_epoch is None:
         raise UserError(
@@ -93,49 +161,86 @@ def budget(sweep: SweepConfig, per_gpu: float, eval_s: float, startup_s: float) 
         )
     gpus = t.workers.num * t.workers.gpus
     samples = t.data.samples_per_epoch * t.workers.num
-    epoch_s = samples / (per_gpu * gpus) + eval_s
+    ckpt = params * overhead.bytes_per_param  # every epoch but a finished run's last
+    last = params * overhead.last_bytes_per_param
+    write_s = ckpt / (write_mb_s * 1e6)
+    epoch_s = samples / (per_gpu * gpus) + eval_s + write_s
     epoch_h = epoch_s * gpus / 3600
-    start_h = startup_s * gpus / 3600
+    start_h = overhead.fixed_s * gpus / 3600
     trial_h = t.epochs * epoch_h + start_h
     n = sweep.search.samples
     lines = [
         f"samples/epoch: {t.data.samples_per_epoch:,} per worker x {t.workers.num} workers"
         f" = {samples:,}",
+        f"checkpoint: {params / 1e6:.1f} M params x {overhead.bytes_per_param:.2f} B"
+        f" = {ckpt / 1e9:.2f} GB (model + AdamW's 2 moments; the last epoch's"
+        f" {last / 1e9:.2f} GB), {write_s:.0f} s at {write_mb_s:g} MB/s",
         f"epoch: {samples:,} / ({per_gpu:g} samples/s/GPU x {gpus:g} GPUs) + {eval_s:g} s"
-        f" zero-shot eval = {epoch_s:,.0f} s = {epoch_h:.2f} GPU-h",
-        f"one trial, all {t.epochs} epochs: {t.epochs} x {epoch_h:.2f} + {start_h:.2f} start-up"
-        f" ({startup_s:g} s) = {trial_h:.1f} GPU-h",
+        f" zero-shot eval + {write_s:.0f} s checkpoint = {epoch_s:,.0f} s = {epoch_h:.2f} GPU-h",
+        f"one trial, all {t.epochs} epochs: {t.epochs} x {epoch_h:.2f} + {start_h:.2f} fixed"
+        f" ({overhead.fixed_s:g} s a trial) = {trial_h:.1f} GPU-h",
         f"{n} trials without early stopping: {n * trial_h:,.0f} GPU-h",
     ]
+    full_bytes = (t.epochs - 1) * ckpt + last  # one run of every epoch writes
     asha = sweep.schedule.asha
     if asha is None:
         lines.append(f"total: {n * trial_h:,.0f} GPU-h")
         total = n * trial_h
+        written = n * full_bytes
+        trial_epochs = n * t.epochs
     else:
         grace = min(asha.grace, t.epochs)
         rungs = asha_rungs(t.epochs, grace, asha.reduction)
         mean = simulate_asha(n, sweep.search.concurrent, t.epochs, grace, asha.reduction)
         total = n * (mean * epoch_h + start_h)
+        written = n * mean * ckpt  # an upper bound: a trial that completes writes less last
+        trial_epochs = n * mean
         lines += [
             f"ASHA (rungs at epochs {', '.join(map(str, rungs))}; reduction {asha.reduction:g};"
             f" {sweep.search.concurrent} at a time): {mean:.2f} epochs/trial on average",
             f"total with ASHA: {n} x ({mean:.2f} x {epoch_h:.2f} + {start_h:.2f})"
             f" = {total:,.0f} GPU-h ({100 * (1 - total / (n * trial_h)):.0f}% saved)",
         ]
+    kept = n * ckpt  # Ray keeps each trial's latest checkpoint (at most one with AdamW's state)
     confirm = sweep.search.confirm
     if confirm is not None:
         runs = (confirm.top + 1) * confirm.seeds
         total += runs * trial_h
+        written += runs * full_bytes
+        kept += runs * last
+        trial_epochs += runs * t.epochs
         lines.append(
             f"confirm: (baseline + top {confirm.top}) x {confirm.seeds} seeds = {runs} full"
             f" trials x {trial_h:.1f} = {runs * trial_h:,.0f} GPU-h; sweep total {total:,.0f} GPU-h"
         )
+    lines.append(
+        f"checkpoints written: {written / 1e12:.2f} TB (a full trial {full_bytes / 1e9:.0f} GB);"
+        f" kept in storage.path at the end: at most {kept / 1e9:,.0f} GB"
+    )
     slots = sweep.search.concurrent * gpus
     lines.append(
         f"wall clock on {slots:g} GPUs ({sweep.search.concurrent} trials x {gpus:g}):"
         f" about {total / slots:.1f} h"
     )
-    return lines
+    return {
+        "lines": lines,
+        "total_gpu_h": total,
+        "trial_epochs": trial_epochs,  # epochs trained by all trials, confirm runs included
+        "written_bytes": written,
+        "kept_bytes": kept,
+    }
+
+
+def budget(
+    sweep: SweepConfig,
+    per_gpu: float,
+    eval_s: float,
+    overhead: Overhead,
+    params: int,
+    write_mb_s: float,
+) -> list[str]:
+    """The cost of ``sweep`` as lines of arithmetic (:func:`estimate`)."""
+    return estimate(sweep, per_gpu, eval_s, overhead, params, write_mb_s)["lines"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,11 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_file")
     parser.add_argument("--per-gpu", type=float, required=True, help="training samples/s per GPU")
     parser.add_argument("--eval-s", type=float, default=30.0, help="zero-shot eval per epoch")
-    parser.add_argument("--startup-s", type=float, default=120.0, help="start-up per trial")
+    parser.add_argument(
+        "--startup-s", type=float, default=None, help="fixed cost per trial (default: measured)"
+    )
+    parser.add_argument(
+        "--write-mb-s", type=float, default=100.0, help="checkpoint write speed to storage.path"
+    )
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep_file, check_paths=False)
-        lines = budget(sweep, args.per_gpu, args.eval_s, args.startup_s)
+        overhead = measured_overhead()
+        if args.startup_s is not None:
+            overhead = Overhead(
+                args.startup_s, overhead.bytes_per_param, overhead.last_bytes_per_param, "given"
+            )
+        params = count_params(sweep.train.model.arch)
+        lines = budget(sweep, args.per_gpu, args.eval_s, overhead, params, args.write_mb_s)
     except UserError as err:
         print(f"budget: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -4,7 +4,9 @@ cluster/budget.py computes for them."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -119,17 +121,50 @@ def test_every_arch_builds_with_the_largest_text_dropout():
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_gpu_hour_comments_are_what_budget_computes(name):
+def test_gpu_hour_comments_are_what_budget_computes(name, capsys):
+    """The comment is what the command it names prints (the measured overhead included)."""
     text = (SPACES / f"{name}.yaml").read_text()
-    command = re.search(r"python cluster/budget.py (\S+) --per-gpu (\d+)", text)
+    command = re.search(r"python cluster/budget.py (\S+) --per-gpu (\d+)\n", text)
     assert command and command.group(1) == f"search_spaces/{name}.yaml"
-    eval_s = float(re.search(r"(\d+) s zero-shot eval\s*\n?#?\s*per epoch", text).group(1))
-    startup_s = float(re.search(r"(\d+) s start-up per trial", text).group(1))
-    budget = _budget_module()
-    lines = budget.budget(_load(name), float(command.group(2)), eval_s, startup_s)
+    assert _budget_module().main([str(ROOT / command.group(1)), "--per-gpu", command.group(2)]) == 0
     comment = [line[len("#   ") :] for line in text.splitlines() if line.startswith("#   ")]
-    assert comment == lines
-    assert eval_s == 30 and startup_s == 120  # the defaults the printed command uses
+    assert comment == capsys.readouterr().out.splitlines()
+
+
+@functools.cache
+def _params(arch: str) -> int:
+    return _budget_module().count_params(arch)
+
+
+def test_budget_charges_every_trial_its_fixed_cost_and_checkpoints():
+    """ViT-B-32 on CC3M: each trial run (search and confirm) pays the measured fixed cost on
+    its GPUs, each epoch the time to write a checkpoint of the measured bytes per parameter."""
+    budget = _budget_module()
+    sweep = _load("smoclip-cc3m-vitb32")
+    t, confirm = sweep.train, sweep.search.confirm
+    measured = budget.measured_overhead()
+    assert measured.fixed_s > 0 and 11.9 < measured.bytes_per_param < 12.5  # 4 B x 3
+    assert 3.9 < measured.last_bytes_per_param < 4.5  # the model alone
+    params = _params("ViT-B-32")
+    assert 150e6 < params < 152e6
+
+    def total(overhead, write_mb_s=100.0):
+        return budget.estimate(sweep, 800.0, 30.0, overhead, params, write_mb_s)
+
+    runs = sweep.search.samples + (confirm.top + 1) * confirm.seeds
+    gpus = t.workers.num * t.workers.gpus
+    no_fixed = budget.Overhead(0.0, measured.bytes_per_param, measured.last_bytes_per_param)
+    fixed = total(measured)["total_gpu_h"] - total(no_fixed)["total_gpu_h"]
+    assert fixed == pytest.approx(runs * measured.fixed_s * gpus / 3600)
+
+    est = total(measured)
+    ckpt = params * measured.bytes_per_param
+    writing = est["total_gpu_h"] - total(measured, write_mb_s=math.inf)["total_gpu_h"]
+    assert writing == pytest.approx(est["trial_epochs"] * ckpt / 100e6 * gpus / 3600)
+    assert est["trial_epochs"] > (confirm.top + 1) * confirm.seeds * t.epochs
+    last = params * measured.last_bytes_per_param
+    assert est["kept_bytes"] == pytest.approx(sweep.search.samples * ckpt + 6 * last)
+    assert est["written_bytes"] > (confirm.top + 1) * confirm.seeds * t.epochs * last
 
 
 def test_budget_arithmetic_on_a_small_sweep():
@@ -152,4 +187,4 @@ def test_budget_refuses_a_sweep_it_cannot_count():
         }
     )
     with pytest.raises(UserError, match="workers.gpus"):
-        budget.budget(cpu, 100.0, 0.0, 0.0)
+        budget.budget(cpu, 100.0, 0.0, budget.Overhead(0.0, 12.0, 4.0), 1, 100.0)
