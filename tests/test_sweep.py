@@ -218,6 +218,7 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     for name, value in best_child.data.params.items():
         if name in flat:
             assert str(flat[name]) == value, name
+    capsys.readouterr()  # what report, ensemble and best printed
     assert (
         cli.main(["train", "exported.yaml", "--epochs", "1", "--storage", str(tmp_path / "full")])
         == 0
