@@ -256,6 +256,7 @@ def _the_console_said_each_event(out: str, search_rows: list[dict], experiment: 
     assert "progress: 3/3 trials done, 0 running, " in out
     assert "progress: 4/4 trials done, 0 running, " in out
     assert "Trial status" not in out and "Trial name" not in out and "PreemptionWatcher" not in out
+    assert "Configuration for experiment" not in out and "View detailed results" not in out
     assert len(lines) < 60, out
 
 
