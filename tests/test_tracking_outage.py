@@ -18,7 +18,8 @@ from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.ray
 
-EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+)\s+loss \S+\s+zeroshot_top1 (\d+\.\d+)")
+# the console's line for each epoch a trial reported (smotune/console.py)
+EPOCH_LINE = re.compile(r"^\[search\] trial (\S+) epoch (\d+)/\d+\s+zeroshot_top1 (\d+\.\d+)")
 
 
 @pytest.fixture
@@ -63,7 +64,6 @@ def start_sweep(path: Path, tmp_path: Path, ray_cluster, **env: str):
     env = {
         **os.environ,
         "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-        "RAY_DEDUP_LOGS": "0",  # each worker's epoch line as printed
         "PYTHONUNBUFFERED": "1",
         **env,
     }
@@ -105,15 +105,12 @@ def finish(proc, tmp_path: Path, timeout: float) -> list[str]:
     return out.splitlines()
 
 
-def printed_epochs(lines: list[str]) -> list[list[tuple[int, float]]]:
-    """The epoch lines the trials printed, one list per trial (trials ran one at a time)."""
-    trials: list[list[tuple[int, float]]] = []
+def printed_epochs(lines: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """The epoch lines the sweep printed, by trial id, in the order printed."""
+    trials: dict[str, list[tuple[int, float]]] = {}
     for line in lines:
         if m := EPOCH_LINE.search(line):
-            epoch, value = int(m.group(1)), float(m.group(3))
-            if epoch == 1:
-                trials.append([])
-            trials[-1].append((epoch, value))
+            trials.setdefault(m.group(1), []).append((int(m.group(2)), float(m.group(3))))
     return trials
 
 
@@ -123,7 +120,8 @@ def check_every_epoch(uri: str, name: str, lines: list[str], samples: int) -> No
     runs = children(uri, name)
     assert len(printed) == len(runs) == samples, (printed, len(runs))
     client = mlflow.MlflowClient(tracking_uri=uri)
-    for epochs, run in zip(printed, runs, strict=True):
+    for run in runs:
+        epochs = printed[run.data.tags["trial_id"]]
         history = client.get_metric_history(run.info.run_id, "zeroshot_top1")
         assert [(m.step, round(m.value, 4)) for m in history] == epochs, run.data.tags
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
