@@ -57,7 +57,7 @@ def test_demo_sweep_loads():
 
 def test_valid_sweep_file(tmp_path):
     sweep = config.load_sweep(_write(tmp_path, _sweep(tmp_path)))
-    assert sweep.search.samples == 4 and sweep.search.confirm.seeds == 2
+    assert sweep.search.samples == 3 and sweep.search.confirm.seeds == 2
 
 
 @pytest.mark.parametrize(
