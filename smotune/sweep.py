@@ -316,16 +316,15 @@ def _confirm(
     """
     groups = confirm.choose_groups(sweep, study_storage)
     points = confirm.points(groups, confirm.seeds(sweep))
+    label = functools.partial(_label, groups)  # a confirm run's group, for MLflow and the console
     callback = tracking.MlflowSweepCallback(
         sweep,
         text,
         phase=tracking.PHASE_CONFIRM,
         parent_run_id=parent_id,
-        confirm_labels=functools.partial(_label, groups),
+        confirm_labels=label,
     )
-    shown = console.SweepConsole(
-        sweep, len(points), "confirm", label=functools.partial(_label, groups)
-    )
+    shown = console.SweepConsole(sweep, len(points), "confirm", label=label)
     results = _tuner(
         sweep,
         f"{sweep.name}-confirm",
