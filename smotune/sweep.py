@@ -37,6 +37,7 @@ from smotune.errors import UserError, redact
 from smotune.space import optuna_space
 
 SWEEP_RECORD = "smotune-sweep.json"
+CONFIRM_SUFFIX = "-confirm"  # the confirm phase's Tuner: <name>-confirm beside <name>
 
 
 def experiment_path(sweep: SweepConfig) -> str:
@@ -178,7 +179,7 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
         )
     if resume:
         _check_unchanged(sweep, path, where)
-        for experiment in (path, f"{path}-confirm"):  # the search's and the confirm's Tuner
+        for experiment in (path, f"{path}{CONFIRM_SUFFIX}"):  # the search's and confirm's Tuner
             repaired = tune_state.repair(experiment, where)
             if repaired:
                 print(repaired)
@@ -327,7 +328,7 @@ def _confirm(
     shown = console.SweepConsole(sweep, len(points), "confirm", label=label)
     results = _tuner(
         sweep,
-        f"{sweep.name}-confirm",
+        f"{sweep.name}{CONFIRM_SUFFIX}",
         tune_state.KeptVariantGenerator(
             points_to_evaluate=points, max_concurrent=sweep.search.concurrent
         ),
