@@ -4,8 +4,9 @@
 of a torchtune recipe: :func:`setup` (the open_clip model, the label-smoothed
 loss, AdamW and the loader's transforms, from one train config),
 :func:`resume` (from Ray's latest checkpoint), :func:`plan_epochs`, then per
-epoch :func:`train_epoch` and :func:`evaluate_and_report` (zero-shot accuracy
-on rank 0, the metrics of DESIGN.md and a checkpoint: an open_clip-loadable
+epoch :func:`train_epoch` and :func:`evaluate_and_report` (zero-shot accuracy,
+each rank scoring its part of the eval set; on rank 0 the metrics of DESIGN.md
+and a checkpoint: an open_clip-loadable
 ``model.pt``, the training state and the ``train.yaml`` it was trained with).
 It knows nothing of Tune.
 
@@ -52,7 +53,7 @@ PHASE_TIMES_ENV = "SMOTUNE_PHASE_TIMES"  # "1": reports carry the phase/* times 
 MODEL_FILE = "model.pt"  # open_clip-loadable state dict
 STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
 CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
-EVAL_CACHE_BYTES = 512 * 2**20  # rank 0 keeps a zero-shot set this small decoded across epochs
+EVAL_CACHE_BYTES = 512 * 2**20  # a rank keeps its part of the zero-shot set this small decoded
 
 
 def steps_per_epoch(cfg: TrainConfig, world_size: int) -> int:
@@ -168,7 +169,7 @@ class EpochPlan:
     steps: int  # optimizer steps per epoch, the same on every rank
     total_steps: int  # of the whole run: the span of the learning-rate schedule
     loader_cfg: TrainConfig  # the config with data.samples_per_epoch = steps x batch size
-    evalset: Any  # the zero-shot set (rank 0), None elsewhere
+    evalset: Any  # this rank's part of the zero-shot set
 
 
 def _save_checkpoint(
@@ -352,7 +353,8 @@ def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
 
 
 def plan_epochs(w: Worker) -> EpochPlan:
-    """Steps per epoch (:func:`epoch_plan`), the loader's config, the zero-shot set (rank 0).
+    """Steps per epoch (:func:`epoch_plan`), the loader's config, this rank's part of the
+    zero-shot set (the parts of all ranks are the whole set, each sample once).
 
     Equal steps per rank (DDP): from sizes.json a damaged rank refills by
     re-reading; else its readable count may set the minimum, and rank 0 prints
@@ -364,12 +366,15 @@ def plan_epochs(w: Worker) -> EpochPlan:
         print(damage, flush=True)
     loader_cfg = cfg.model_copy(deep=True)
     loader_cfg.data.samples_per_epoch = steps * cfg.optim.batch_size
-    evalset = None
-    if w.rank == 0:
-        d = cfg.data
-        evalset = zeroshot.load(
-            d.zeroshot, d.zeroshot_split, w.eval_preprocess, cfg.eval.max_samples, EVAL_CACHE_BYTES
-        )
+    d = cfg.data
+    evalset = zeroshot.load(
+        d.zeroshot,
+        d.zeroshot_split,
+        w.eval_preprocess,
+        cfg.eval.max_samples,
+        EVAL_CACHE_BYTES,
+        part=(w.rank, w.world),
+    )
     w.phases["phase/plan_s"] = time.perf_counter() - t0
     return EpochPlan(steps, steps * cfg.epochs, loader_cfg, evalset)
 
@@ -417,20 +422,26 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
 
 
 def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> None:
-    """Rank 0 adds zero-shot accuracy, checkpoints and prints the epoch line; all ranks report."""
+    """Every rank scores its part of the zero-shot set (the counts summed over the ranks);
+    rank 0 adds the accuracy, checkpoints and prints the epoch line; all ranks report."""
     import ray.train
 
+    t0 = time.perf_counter()
+    metrics.update(
+        zero_shot(
+            w.module,
+            w.tokenizer,
+            plan.evalset,
+            w.device,
+            w.cfg.eval.batch_size,
+            w.parts.runtime.autocast_dtype,
+            sum_ranks=lambda counts: _all_reduce(counts, w.device, w.world),
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         report = metrics
         if w.rank == 0:
-            autocast = w.parts.runtime.autocast_dtype
-            t0 = time.perf_counter()
-            metrics.update(
-                zero_shot(
-                    w.module, w.tokenizer, plan.evalset, w.device, w.cfg.eval.batch_size, autocast
-                )
-            )
             t1 = time.perf_counter()
             _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg)
             w.phases.update(

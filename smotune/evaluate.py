@@ -4,13 +4,14 @@ Classifier: open_clip's ``build_zero_shot_classifier`` (for each class,
 ``t.format(c=name)`` for every template, encode, normalise each embedding,
 average over templates, normalise again; the columns of a (D, C) matrix).
 Scores: ``100 * normalize(encode_image(x)) @ W``; a sample counts for top-k
-when its label is among the k highest scores.
+when its label is among the k highest scores. Across DDP ranks each rank scores
+its part of the set (``EvalSet.part``) and the counts are summed.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
 import open_clip
@@ -119,10 +120,13 @@ def zero_shot(
     device: torch.device | str,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
+    sum_ranks: Callable[[list[float]], list[float]] | None = None,
 ) -> dict[str, float | int]:
     """``zeroshot_top1``, ``zeroshot_top5`` (fractions) and ``zeroshot_samples`` on ``evalset``.
 
-    Scored from :func:`scored_batches`; top-5 means top-min(5, C).
+    Scored from :func:`scored_batches`; top-5 means top-min(5, C). With ``sum_ranks``
+    (every rank calls it with its counts and gets the sums over the ranks) each rank
+    scores only its part of the set and all return the whole set's numbers.
     """
     top1 = top5 = samples = 0
     for logits, labels in scored_batches(
@@ -130,6 +134,8 @@ def zero_shot(
     ):
         one, five = hits(logits, labels)
         top1, top5, samples = top1 + one, top5 + five, samples + len(labels)
+    if sum_ranks is not None:
+        top1, top5, samples = (int(n) for n in sum_ranks([top1, top5, samples]))
     if samples == 0:
         raise no_images(evalset)
     return {

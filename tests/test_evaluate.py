@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,31 @@ def test_fewer_than_five_classes_top5_is_top_c(clip, tmp_path: Path):
     small = zeroshot.load(tmp_path, transform=transform)
     got = evaluate.zero_shot(net, tokenizer, small, "cpu")
     assert got["zeroshot_top5"] == 1.0 and got["zeroshot_samples"] == 3
+
+
+def test_ranks_scoring_their_parts_give_the_whole_sets_numbers(clip, evalset):
+    """Two ranks (threads here; the Train workers' gloo all_reduce is test_train's two-worker
+    run), each scoring its half of the eval set with its own copy of the model, the counts
+    summed: both give exactly what one process scoring the whole set gives."""
+    net, tokenizer, transform = clip
+    whole = evaluate.zero_shot(net, tokenizer, evalset, "cpu", batch_size=16)
+    world, barrier, counts, got, mine = 2, threading.Barrier(2), {}, {}, {}
+
+    def rank(r: int) -> None:
+        part = zeroshot.load(evalset.root, transform=transform, part=(r, world))
+        mine[r] = sum(len(labels) for _, labels in part.loader(16))
+
+        def sum_ranks(values: list[float]) -> list[float]:
+            counts[r] = values
+            barrier.wait()
+            return [sum(c[i] for c in counts.values()) for i in range(len(values))]
+
+        got[r] = evaluate.zero_shot(copy.deepcopy(net), tokenizer, part, "cpu", 16, None, sum_ranks)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert mine == {0: 48, 1: 48}  # each rank scored half of the 96
+    assert got == {0: whole, 1: whole}

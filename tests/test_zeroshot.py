@@ -177,6 +177,28 @@ def test_folder_max_samples_spreads_over_classes(tmp_path):
     assert _labels(evalset) == [0, 1, 2]
 
 
+def _samples(evalset) -> list[tuple[int, torch.Tensor]]:
+    return [(int(y), x) for xs, ys in evalset.loader(4) for x, y in zip(xs, ys, strict=True)]
+
+
+@pytest.mark.parametrize("layout", ["wds", "folder"])
+def test_the_ranks_parts_are_the_whole_set_each_sample_once(synth_eval, tmp_path, layout):
+    """Part r of W holds sample i (of the capped set's order) iff i % W == r: interleaved
+    back, the parts are the whole set; each part reads only its own images."""
+    root = synth_eval if layout == "wds" else _folder_set(tmp_path / "imgs", per_class=5)
+    cap = 10 if layout == "wds" else 13  # 96 and 15 samples before the cap
+    whole = _samples(zeroshot.load(root, max_samples=cap))
+    assert len(whole) == cap
+    for world in (2, 3):
+        parts = [
+            _samples(zeroshot.load(root, max_samples=cap, part=(r, world))) for r in range(world)
+        ]
+        assert [len(p) for p in parts] == [len(range(r, cap, world)) for r in range(world)]
+        for i, (label, image) in enumerate(whole):
+            got_label, got_image = parts[i % world][i // world]
+            assert got_label == label and torch.equal(got_image, image), (world, i)
+
+
 def test_folder_with_1000_classes_uses_imagenet_names(tmp_path):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 

@@ -20,6 +20,11 @@ Only local roots are supported. Unreadable images are skipped and counted in
 its first whole pass in memory when they fit, and later passes (the next
 epochs' evals) read them instead of decoding every image again; the eval
 transform is deterministic, so the batches are the same.
+
+An eval set can be read in parts (``part=(rank, world)``): part ``r`` of ``W``
+holds the samples whose index in the whole set's order (after the
+``max_samples`` cap) is ``r`` modulo ``W``, so the parts of all ranks are the
+whole set, each sample once, and each rank decodes only its own.
 """
 
 from __future__ import annotations
@@ -154,6 +159,20 @@ def _no_split(src):
     return src
 
 
+class _Part:
+    """A webdataset stage keeping raw samples ``rank`` mod ``world`` among the first ``cap``."""
+
+    def __init__(self, rank: int, world: int, cap: int | None):
+        self.rank, self.world, self.cap = rank, world, cap
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for i, sample in enumerate(samples):
+            if self.cap is not None and i >= self.cap:
+                return
+            if i % self.world == self.rank:
+                yield sample
+
+
 class _WdsSample:
     """A raw webdataset sample -> (decoded image or None, label or -1)."""
 
@@ -182,22 +201,28 @@ class EvalSet:
     shards: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)
     cache_bytes: int = 0  # keep a whole pass's batches in memory when they fit (0: never)
+    part: tuple[int, int] = (0, 1)  # (rank, world): this rank's share of the samples
     skipped: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
     _cache: tuple[int, list[Batch], int] | None = field(default=None, init=False, repr=False)
 
     def _dataset(self):
         decode = _Decode(self.transform)
-        if self.kind == "folder":
-            return _Files(self.files, decode)
+        rank, world = self.part
+        if self.kind == "folder":  # already capped (evenly spread) by load()
+            return _Files(self.files[rank::world], decode)
         import webdataset as wds
 
-        return wds.WebDataset(
-            [str(p) for p in self.shards],
-            shardshuffle=False,
-            nodesplitter=_no_split,
-            empty_check=False,
-        ).map(_WdsSample(decode))
+        return (
+            wds.WebDataset(
+                [str(p) for p in self.shards],
+                shardshuffle=False,
+                nodesplitter=_no_split,
+                empty_check=False,
+            )
+            .compose(_Part(rank, world, self.max_samples))
+            .map(_WdsSample(decode))
+        )
 
     def loader(self, batch_size: int, num_workers: int = 0) -> Iterator[Batch]:
         """Batches ``(images [B,3,H,W], labels [B])`` in a fixed order; counts skipped images."""
@@ -232,14 +257,10 @@ class EvalSet:
 
     def _batches(self, data: DataLoader) -> Iterator[Batch]:
         self.skipped = 0
-        seen = 0
         for images, labels, skipped in data:
             self.skipped += skipped
             if images is None:
                 continue
-            if self.max_samples is not None and seen + len(labels) > self.max_samples:
-                keep = self.max_samples - seen
-                images, labels = images[:keep], labels[:keep]
             bad = (labels < 0) | (labels >= len(self.classnames))
             if bad.any():
                 raise _error(
@@ -247,10 +268,7 @@ class EvalSet:
                     f"label {int(labels[bad][0])} is outside the {len(self.classnames)} classes",
                     f"make {CLASSNAMES_FILE} match the labels of the images",
                 )
-            seen += len(labels)
             yield images, labels
-            if self.max_samples is not None and seen >= self.max_samples:
-                break
         if self.skipped and not self._warned:
             self._warned = True
             log.warning("%s: skipped %d unreadable images", self.root, self.skipped)
@@ -326,12 +344,15 @@ def load(
     transform: Callable | None = None,
     max_samples: int | None = None,
     cache_bytes: int = 0,
+    part: tuple[int, int] = (0, 1),
 ) -> EvalSet:
     """Open the eval set at ``root`` (either layout); ``max_samples`` caps one pass, and a
-    pass of at most ``cache_bytes`` is kept in memory for the next ones.
+    pass of at most ``cache_bytes`` is kept in memory for the next ones; ``part`` is the
+    ``(rank, world)`` share this process reads (the whole set by default).
 
-    For webdataset sets the cap takes the first samples in shard order; for
-    folders it takes evenly spaced files, so every class keeps its share.
+    For webdataset sets the cap takes the first samples in shard order (unreadable
+    ones included, then skipped); for folders it takes evenly spaced files, so every
+    class keeps its share.
     """
     if is_remote(str(root)):
         raise _error(
@@ -346,12 +367,21 @@ def load(
     if (split_dir / "nshards.txt").is_file() or any(split_dir.glob("*.tar")):
         classnames, templates, shards = _load_wds(root, split_dir)
         return EvalSet(
-            root, "wds", classnames, templates, transform, max_samples, shards, [], cache_bytes
+            root,
+            "wds",
+            classnames,
+            templates,
+            transform,
+            max_samples,
+            shards,
+            [],
+            cache_bytes,
+            part,
         )
     folder = split_dir if split_dir.is_dir() else root
     classnames, templates, files = _load_folder(root, folder)
     if max_samples is not None:
         files = _spread(files, max_samples)
     return EvalSet(
-        root, "folder", classnames, templates, transform, max_samples, [], files, cache_bytes
+        root, "folder", classnames, templates, transform, max_samples, [], files, cache_bytes, part
     )
