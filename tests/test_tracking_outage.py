@@ -134,42 +134,77 @@ def tracking_line(lines: list[str]) -> tuple[int, str]:
     return found
 
 
-def test_store_killed_and_back_mid_sweep(ray_cluster, synth_data, server, tmp_path, monkeypatch):
+def trial_runs(uri: str, name: str) -> dict[str, object]:
+    """The sweep's trial runs by trial id, as MLflow holds them now."""
+    return {r.data.tags["trial_id"]: r for r in children(uri, name)}
+
+
+def wait_for(what: str, ready, proc, tmp_path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, (tmp_path / "sweep.err").read_text()[-3000:]
+        assert time.monotonic() < deadline, what
+        time.sleep(1)
+
+
+def test_store_killed_back_then_killed_for_good_then_sync(
+    ray_cluster, synth_data, server, tmp_path, monkeypatch
+):
+    """One sweep of 2 trials, one after the other. The store is killed during trial 1 and comes
+    back mid-sweep: what waited is written by the sweep itself, each epoch once. It is killed
+    again during trial 2 and is still down when the sweep ends: the sweep's last lines say so
+    and name `smotune sync <journal>`, no best.yaml; `smotune sync` then writes the rest."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # this test's own reads
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    samples = 2
-    path = sweep_file(tmp_path, synth_data, "outage", samples, server.uri)
+    samples, name = 2, "outage"
+    path = sweep_file(tmp_path, synth_data, name, samples, server.uri)
+    out = tmp_path / "sweep.out"
     started = time.monotonic()
-    proc = start_sweep(path, tmp_path, ray_cluster)
-    wait_for_first_epoch(server.uri, "outage", proc, tmp_path)
+    proc = start_sweep(path, tmp_path, ray_cluster, SMOTUNE_TRACKING_DRAIN_S="5")
+
+    # 1. killed during trial 1, once its first epoch is in MLflow; back once the sweep has
+    # printed trial 1's last epoch (that epoch and trial 1's end waited for the store)
+    wait_for_first_epoch(server.uri, name, proc, tmp_path)
+    (first,) = trial_runs(server.uri, name)
     server.kill()
     killed = time.monotonic()
-    time.sleep(40)
+
+    def trial_1_done_printed() -> bool:
+        epochs = printed_epochs(out.read_text().splitlines()).get(first, [])
+        return 2 in [e for e, _ in epochs]
+
+    wait_for("trial 1's last epoch printed", trial_1_done_printed, proc, tmp_path)
     server.start()
     print(f"store down {time.monotonic() - killed:.0f} s")
+
+    # 2. the sweep wrote what waited, by itself: trial 1 ended in MLflow, then trial 2 began
+    # there; killed again (for good) once trial 2's first epoch is in MLflow
+    def trial_2_first_epoch() -> bool:
+        runs = trial_runs(server.uri, name)
+        return len(runs) == 2 and all("epoch" in r.data.metrics for r in runs.values())
+
+    wait_for("trial 2's first epoch in MLflow", trial_2_first_epoch, proc, tmp_path)
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+    run_1 = trial_runs(server.uri, name)[first]
+    history_1 = client.get_metric_history(run_1.info.run_id, "zeroshot_top1")
+    written_back = [(m.step, round(m.value, 4)) for m in history_1]
+    server.kill()
     lines = finish(proc, tmp_path, timeout=900)
     print(f"sweep took {time.monotonic() - started:.0f} s")
 
-    check_every_epoch(server.uri, "outage", lines, samples)
-    at, line = tracking_line(lines)
-    print(line)
-    delayed = int(re.fullmatch(r"tracking: (\d+) writes delayed, all written", line).group(1))
-    assert delayed > 0
-    assert at >= len(lines) - 12  # among the sweep's last lines, before its summary
-    assert any(ln.startswith("wrote best.yaml") for ln in lines[at:])
+    printed = printed_epochs(lines)
+    assert written_back == printed[first]  # every epoch of trial 1, once, before the second kill
+    assert [e for e, _ in printed[first]] == [1, 2]
+    assert run_1.info.status == "FINISHED" and run_1.data.tags["status"] == "completed"
+    # the sweep's writer said so: its writes failed, then the store was back, then failed again
+    said = [
+        ln for ln in (tmp_path / "sweep.err").read_text().splitlines() if ln.startswith("MLflow")
+    ]
+    assert "write failed" in said[0] and "write failed" in said[-1], said
+    assert any("is back; writing what waited" in ln for ln in said[1:-1]), said
 
-
-def test_store_never_back_then_sync(ray_cluster, synth_data, server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    samples = 1  # the store dies during the trial: its last epoch and its end wait for sync
-    path = sweep_file(tmp_path, synth_data, "gone", samples, server.uri)
-    proc = start_sweep(path, tmp_path, ray_cluster, SMOTUNE_TRACKING_DRAIN_S="5")
-    wait_for_first_epoch(server.uri, "gone", proc, tmp_path)
-    server.kill()
-    lines = finish(proc, tmp_path, timeout=900)
-
-    journal = tmp_path / "runs" / "gone" / "mlflow-journal.jsonl"
+    # 3. the sweep's last lines: the store is unreachable, `smotune sync <journal>`, no best.yaml
+    journal = tmp_path / "runs" / name / "mlflow-journal.jsonl"
     at, line = tracking_line(lines)
     print(line)
     assert re.fullmatch(
@@ -177,11 +212,14 @@ def test_store_never_back_then_sync(ray_cluster, synth_data, server, tmp_path, m
         rf"run `smotune sync {re.escape(str(journal))}`",
         line,
     )
+    assert at >= len(lines) - 12  # among the sweep's last lines, before its summary
     tail = "\n".join(lines[at:])
     assert tail.count("completed") == samples  # the summary, from the journal
     (no_best,) = [ln for ln in lines[at:] if ln.startswith("no best.yaml")]
     assert "not yet written" in no_best and f"smotune sync {journal}" in no_best
+    assert not any(ln.startswith("wrote best.yaml") for ln in lines)
 
+    # 4. the store back for good: `smotune sync` writes the rest; every epoch is in MLflow, once
     server.start()
     sync = subprocess.run(
         [sys.executable, "-m", "smotune", "sync", str(journal)],
@@ -190,5 +228,26 @@ def test_store_never_back_then_sync(ray_cluster, synth_data, server, tmp_path, m
         timeout=300,
     )
     assert sync.returncode == 0, sync.stdout + sync.stderr
-    assert re.fullmatch(r"tracking: \d+ writes delayed, all written", sync.stdout.strip())
-    check_every_epoch(server.uri, "gone", lines, samples)
+    synced = re.fullmatch(r"tracking: (\d+) writes delayed, all written", sync.stdout.strip())
+    assert synced and int(synced.group(1)) > 0
+    check_every_epoch(server.uri, name, lines, samples)
+
+    # 5. with every write written, best.yaml follows from the store
+    best = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smotune",
+            "best",
+            "--experiment",
+            name,
+            "--tracking-uri",
+            server.uri,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert best.returncode == 0, best.stdout + best.stderr
+    assert best.stdout.startswith("wrote best.yaml"), best.stdout
