@@ -218,17 +218,27 @@ class TruthfulOptunaSearch(KeepsTuneState, OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Restore, then fail the study's trials this state does not know.
+        """Restore, then settle what happened in the study after Tune's last save.
 
         Tune saves the searcher every few seconds while the study is written at
-        once: a trial started after the last save is RUNNING in the study but
-        unknown to the restored Tune, which never finishes it.
+        once, so a killed driver leaves two gaps. A trial the study holds as ended
+        but this state as running: Tune runs it again, and the study keeps how it
+        ended (nothing more is told). A trial suggested after the save: RUNNING in
+        the study, unknown to the restored Tune, which never finishes it; it is told
+        FAIL and its params are enqueued, so the resumed sweep's next suggestion is
+        that config and the sweep runs the configs an uninterrupted one would have.
         """
         super().restore(checkpoint_path)
+        trials = self._ot_study.get_trials(deepcopy=False)
+        ended = {t.number for t in trials if t.state.is_finished()}
+        self._completed_trials.update(
+            tid for tid, t in self._ot_trials.items() if t.number in ended
+        )
         known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in known:
+        for t in trials:
+            if t.state == TrialState.RUNNING and t.number not in known:
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
+                self._ot_study.enqueue_trial(t.params)
 
 
 class ResumableASHA(ASHAScheduler):

@@ -36,7 +36,9 @@ def curve(ls: float, epoch: int) -> float:
     return (1.0 - ls) * epoch / EPOCHS
 
 
-def _sweep(tmp_path: Path, name: str, values: list[float], **search_kw) -> SweepConfig:
+def _sweep(
+    tmp_path: Path, name: str, values: list[float], space: dict | None = None, **search_kw
+) -> SweepConfig:
     return SweepConfig.model_validate(
         {
             "name": name,
@@ -44,7 +46,7 @@ def _sweep(tmp_path: Path, name: str, values: list[float], **search_kw) -> Sweep
                 "data": {"train": "x-{0..1}.tar", "zeroshot": "zs"},
                 "epochs": EPOCHS,
             },
-            "space": {"loss.label_smoothing": {"choice": values}},
+            "space": space or {"loss.label_smoothing": {"choice": values}},
             "search": {"algo": "random", "samples": len(values), "seed": 0, **search_kw},
             "schedule": {"asha": {"grace": 1, "reduction": 2}},
             "storage": {"path": str(tmp_path / "runs")},
@@ -323,6 +325,46 @@ def test_asha_stops_the_same_trials_after_a_killed_sweep_is_resumed(ray_cluster,
     first.wait()
     _run_script(tmp_path, cut, "resume", env)
     assert _states(cut_url, "cut") == expected
+
+
+def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path):
+    """A driver killed after Tune's last save: trial a ended (PRUNED) and b was suggested,
+    which the restored searcher does not know. Tune runs a again: its repeated result
+    changes nothing in the study (was: an error that ended the sweep). b is told FAIL
+    and its config is suggested next, not a new draw (the first suggestions are fixed
+    by the study's enqueue, as a sweep's default point is; what follows is sampled)."""
+    space = {"loss.label_smoothing": {"uniform": [0.0, 0.3]}}
+    sweep = _sweep(tmp_path, "orphan", [0.0, 0.0, 0.0], space=space)
+    url, storage = search.prepare_study(sweep, resume=False, where="orphan.yaml")
+    _enqueue(sweep, url, [0.111, 0.222])
+    stopped = {"zeroshot_top1": 0.3, search.TIME_ATTR: 1}
+    killed = search.make_searcher(sweep, storage)
+    assert killed.suggest("a") == {"loss.label_smoothing": 0.111}
+    saved = tmp_path / "searcher-state.pkl"
+    killed.save(str(saved))  # Tune's last save before the kill
+    killed.on_trial_complete("a", stopped)
+    assert killed.suggest("b") == {"loss.label_smoothing": 0.222}
+
+    resumed = search.make_searcher(sweep, search.open_storage(url))
+    resumed.restore(str(saved))
+    resumed.on_trial_result("a", {**stopped, "zeroshot_top1": 0.9})
+    resumed.on_trial_complete("a", {**stopped, "zeroshot_top1": 0.9})
+    assert resumed.suggest("c") == {"loss.label_smoothing": 0.222}
+    study = optuna.load_study(study_name="orphan", storage=url)
+    assert [
+        (
+            t.state,
+            t.params["loss.label_smoothing"],
+            t.user_attrs[search.ATTR_TUNE_TRIAL],
+            t.intermediate_values,
+        )
+        for t in study.get_trials()
+    ] == [
+        (TrialState.PRUNED, 0.111, "a", {1: 0.3}),
+        (TrialState.FAIL, 0.222, "b", {}),
+        (TrialState.RUNNING, 0.222, "c", {}),
+    ]
+    assert resumed.suggest("d")["loss.label_smoothing"] not in (0.111, 0.222)  # then sampled
 
 
 def test_remote_storage_needs_a_study_storage(tmp_path):
