@@ -120,9 +120,14 @@ def _damage_note(counts: list, per_rank: list[int], batch: int) -> str | None:
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
+    return _sum_ranks(t, world).tolist()
+
+
+def _sum_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
+    """``t`` summed over the ranks (in place), every rank getting the sum."""
     if world > 1:
         dist.all_reduce(t)
-    return t.tolist()
+    return t
 
 
 @dataclass
@@ -435,7 +440,7 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
             w.device,
             w.cfg.eval.batch_size,
             w.parts.runtime.autocast_dtype,
-            sum_ranks=lambda counts: _all_reduce(counts, w.device, w.world),
+            sum_ranks=lambda t: _sum_ranks(t.to(w.device), w.world),
         )
     )
     with tempfile.TemporaryDirectory() as tmp:

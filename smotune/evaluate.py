@@ -4,8 +4,10 @@ Classifier: open_clip's ``build_zero_shot_classifier`` (for each class,
 ``t.format(c=name)`` for every template, encode, normalise each embedding,
 average over templates, normalise again; the columns of a (D, C) matrix).
 Scores: ``100 * normalize(encode_image(x)) @ W``; a sample counts for top-k
-when its label is among the k highest scores. Across DDP ranks each rank scores
-its part of the set (``EvalSet.part``) and the counts are summed.
+when its label is among the k highest scores. Across DDP ranks (``EvalSet.part``
+gives rank and world) each rank builds the columns of every W-th class and the
+columns are summed into the whole W; each rank scores its part of the set and
+the counts are summed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from torch import nn
 from smotune.data.zeroshot import FIELD, EvalSet
 from smotune.errors import UserError
 
+SumRanks = Callable[[torch.Tensor], torch.Tensor]  # every rank's tensor in, their sum out
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The open_clip model inside a DDP wrapper (or the model itself)."""
@@ -35,27 +39,40 @@ def classifier(
     templates: list[str],
     device: torch.device | str,
     batch_size: int = 256,
+    part: tuple[int, int] = (0, 1),
+    sum_ranks: SumRanks | None = None,
 ) -> torch.Tensor:
     """The (D, C) zero-shot classifier: open_clip's ``build_zero_shot_classifier``.
 
     ``templates`` are ``{c}`` format strings (clip_benchmark's files), wrapped as the
     callables open_clip takes; each forward encodes whole classes, ``batch_size``
-    texts at most (one class when it has more templates). Runs in eval mode.
+    texts at most (one class when it has more templates). Runs in eval mode. With
+    ``sum_ranks``, rank ``r`` of ``part = (r, W)`` builds the columns of classes
+    ``r, r + W, ...`` into a zero matrix and the ranks' matrices are summed: every
+    column comes from one rank, so the sum is the whole classifier (every rank
+    builds all of it when there are more ranks than classes).
     """
     model = _unwrap(model)
+    rank, world = part if sum_ranks is not None and part[1] <= len(classnames) else (0, 1)
+    mine = list(range(rank, len(classnames), world))
     was_training = model.training
     model.eval()
     try:
-        return open_clip.build_zero_shot_classifier(
+        built = open_clip.build_zero_shot_classifier(
             model,
             tokenizer,
-            classnames,
+            [classnames[i] for i in mine],
             [functools.partial(_fill, template) for template in templates],
             num_classes_per_batch=max(1, batch_size // len(templates)),
             device=device,
         )
     finally:
         model.train(was_training)
+    if world == 1:
+        return built
+    weights = built.new_zeros(built.shape[0], len(classnames))
+    weights[:, mine] = built
+    return sum_ranks(weights)
 
 
 def _fill(template: str, classname: str) -> str:
@@ -69,18 +86,27 @@ def scored_batches(
     device: torch.device | str,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
+    sum_ranks: SumRanks | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(logits [B, C], labels [B])`` per batch of ``evalset``, in the loader's fixed order.
 
     ``logits = 100 * normalize(encode_image(x)) @ W`` in fp32, ``W`` the classifier of
-    :func:`classifier`. The image pass runs under ``torch.autocast`` when
-    ``autocast_dtype`` is given. The model's train/eval mode is restored afterwards.
+    :func:`classifier` (built over the ranks with ``sum_ranks``). The image pass runs
+    under ``torch.autocast`` when ``autocast_dtype`` is given. The model's train/eval
+    mode is restored afterwards.
     """
     device = torch.device(device)
     model = _unwrap(model)
     was_training = model.training
     weights = classifier(
-        model, tokenizer, evalset.classnames, evalset.templates, device, batch_size
+        model,
+        tokenizer,
+        evalset.classnames,
+        evalset.templates,
+        device,
+        batch_size,
+        evalset.part,
+        sum_ranks,
     )
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -120,22 +146,24 @@ def zero_shot(
     device: torch.device | str,
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
-    sum_ranks: Callable[[list[float]], list[float]] | None = None,
+    sum_ranks: SumRanks | None = None,
 ) -> dict[str, float | int]:
     """``zeroshot_top1``, ``zeroshot_top5`` (fractions) and ``zeroshot_samples`` on ``evalset``.
 
     Scored from :func:`scored_batches`; top-5 means top-min(5, C). With ``sum_ranks``
-    (every rank calls it with its counts and gets the sums over the ranks) each rank
-    scores only its part of the set and all return the whole set's numbers.
+    (every rank calls it with a tensor and gets the sum over the ranks) each rank
+    builds its share of the classifier and scores only its part of the set, and all
+    return the whole set's numbers.
     """
     top1 = top5 = samples = 0
     for logits, labels in scored_batches(
-        model, tokenizer, evalset, device, batch_size, autocast_dtype
+        model, tokenizer, evalset, device, batch_size, autocast_dtype, sum_ranks
     ):
         one, five = hits(logits, labels)
         top1, top5, samples = top1 + one, top5 + five, samples + len(labels)
     if sum_ranks is not None:
-        top1, top5, samples = (int(n) for n in sum_ranks([top1, top5, samples]))
+        counts = sum_ranks(torch.tensor([top1, top5, samples], dtype=torch.float64))
+        top1, top5, samples = (int(n) for n in counts.tolist())
     if samples == 0:
         raise no_images(evalset)
     return {

@@ -94,22 +94,37 @@ def test_fewer_than_five_classes_top5_is_top_c(clip, tmp_path: Path):
 
 def test_ranks_scoring_their_parts_give_the_whole_sets_numbers(clip, evalset):
     """Two ranks (threads here; the Train workers' gloo all_reduce is test_train's two-worker
-    run), each scoring its half of the eval set with its own copy of the model, the counts
-    summed: both give exactly what one process scoring the whole set gives."""
+    run), each with its own copy of the model, encoding half of the classes' templates and
+    scoring half of the eval set, the classifier and the counts summed: both build the whole
+    classifier and give exactly what one process scoring the whole set gives."""
     net, tokenizer, transform = clip
     whole = evaluate.zero_shot(net, tokenizer, evalset, "cpu", batch_size=16)
-    world, barrier, counts, got, mine = 2, threading.Barrier(2), {}, {}, {}
+    weights = evaluate.classifier(net, tokenizer, evalset.classnames, evalset.templates, "cpu", 16)
+    world, barrier, shared = 2, threading.Barrier(2), {}
+    got, mine, texts, built = {}, {}, {}, {}
 
     def rank(r: int) -> None:
         part = zeroshot.load(evalset.root, transform=transform, part=(r, world))
         mine[r] = sum(len(labels) for _, labels in part.loader(16))
+        texts[r] = 0
 
-        def sum_ranks(values: list[float]) -> list[float]:
-            counts[r] = values
+        def counting(batch: list[str]) -> torch.Tensor:
+            texts[r] += len(batch)
+            return tokenizer(batch)
+
+        def sum_ranks(t: torch.Tensor) -> torch.Tensor:
+            shared[r] = t
             barrier.wait()
-            return [sum(c[i] for c in counts.values()) for i in range(len(values))]
+            total = sum(shared.values())
+            barrier.wait()  # both have read before either writes its next tensor
+            return total
 
-        got[r] = evaluate.zero_shot(copy.deepcopy(net), tokenizer, part, "cpu", 16, None, sum_ranks)
+        model = copy.deepcopy(net)
+        built[r] = evaluate.classifier(
+            model, counting, part.classnames, part.templates, "cpu", 16, part.part, sum_ranks
+        )
+        texts[r] = 0
+        got[r] = evaluate.zero_shot(model, counting, part, "cpu", 16, None, sum_ranks)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
     for t in threads:
@@ -117,4 +132,8 @@ def test_ranks_scoring_their_parts_give_the_whole_sets_numbers(clip, evalset):
     for t in threads:
         t.join(timeout=120)
     assert mine == {0: 48, 1: 48}  # each rank scored half of the 96
+    half = len(synth.CLASSES) // 2 * len(evalset.templates)
+    assert texts == {0: half, 1: half}  # and encoded half of the class templates
+    for r in range(world):
+        torch.testing.assert_close(built[r], weights, rtol=0, atol=1e-6)
     assert got == {0: whole, 1: whole}
