@@ -164,7 +164,7 @@ class Worker:
     @property
     def module(self) -> torch.nn.Module:
         """The model without its DDP wrapper."""
-        return getattr(self.parts.model, "module", self.parts.model)
+        return model_mod.unwrap(self.parts.model)
 
 
 @dataclass
@@ -206,7 +206,7 @@ def _save_checkpoint(
 def _load_checkpoint(path: str, parts: StepParts) -> dict[str, Any]:
     """Restore model, optimizer and scaler (the last epoch's checkpoint holds neither of the
     two); return the metrics of the checkpoint's epoch."""
-    module = getattr(parts.model, "module", parts.model)
+    module = model_mod.unwrap(parts.model)
     sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
     module.load_state_dict(sd["state_dict"])
     state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
@@ -244,7 +244,7 @@ def train_step(parts: StepParts, images, texts, lr: float) -> float:
     else:
         optimizer.step()
     with torch.no_grad():
-        getattr(model, "module", model).logit_scale.clamp_(0, math.log(100))
+        model_mod.unwrap(model).logit_scale.clamp_(0, math.log(100))
     return loss.item()
 
 
@@ -322,7 +322,7 @@ def build_worker(
     tokenizer = model_mod.tokenizer(cfg.model.arch)
     if wrap is not None:
         model = wrap(model)
-    module = getattr(model, "module", model)
+    module = model_mod.unwrap(model)
     optimizer = torch.optim.AdamW(
         optim.param_groups(module, cfg.optim.weight_decay),
         lr=cfg.optim.lr,

@@ -23,13 +23,9 @@ from torch import nn
 
 from smotune.data.zeroshot import FIELD, EvalSet
 from smotune.errors import UserError
+from smotune.model import unwrap
 
 SumRanks = Callable[[torch.Tensor], torch.Tensor]  # every rank's tensor in, their sum out
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The open_clip model inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def classifier(
@@ -52,7 +48,7 @@ def classifier(
     column comes from one rank, so the sum is the whole classifier (every rank
     builds all of it when there are more ranks than classes).
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     rank, world = part if sum_ranks is not None and part[1] <= len(classnames) else (0, 1)
     mine = list(range(rank, len(classnames), world))
     was_training = model.training
@@ -96,7 +92,7 @@ def scored_batches(
     mode is restored afterwards.
     """
     device = torch.device(device)
-    model = _unwrap(model)
+    model = unwrap(model)
     was_training = model.training
     weights = classifier(
         model,

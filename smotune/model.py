@@ -92,7 +92,11 @@ def tokenizer(arch: str):
     return open_clip.get_tokenizer(arch)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The open_clip model inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 def save_checkpoint(model: nn.Module, path: str | Path) -> None:
     """An open_clip-loadable checkpoint: ``{"state_dict": ...}`` of the unwrapped model."""
-    module = getattr(model, "module", model)
-    torch.save({"state_dict": module.state_dict()}, path)
+    torch.save({"state_dict": unwrap(model).state_dict()}, path)
