@@ -310,9 +310,12 @@ def test_readme_walks_through_submit_watch_stop_and_names_real_files():
 # ---------------------------------------------------------------- real Ray processes
 
 
-def _free_port_range(size: int = 100) -> tuple[int, int]:
-    """``size`` consecutive free ports (for a node's worker processes)."""
+def _free_port_range(taken: set[int], size: int = 100) -> tuple[int, int]:
+    """``size`` consecutive free ports (for a node's worker processes), none of ``taken``
+    (ports already given to the node's other components: they are free, not yet bound)."""
     for start in range(30000 + secrets.randbelow(200) * 100, 60000, 100):
+        if any(start <= port < start + size for port in taken):
+            continue
         socks = []
         try:
             for port in range(start, start + size):
@@ -438,7 +441,7 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
             strict=True,
         )
     )
-    low, high = _free_port_range()
+    low, high = _free_port_range(set(ports.values()))
     temp_dir = tempfile.mkdtemp(prefix="smo-ray-", dir="/tmp")  # short: socket paths
     head_cmd = [
         str(VENV_BIN / "ray"),
