@@ -32,18 +32,22 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _node_ports() -> dict[str, int]:
-    names = [
-        "dashboard_agent_listen_port",
-        "metrics_agent_port",
-        "metrics_export_port",
-        "runtime_env_agent_port",
-    ]
-    return dict(zip(names, free_ports(len(names)), strict=True))
+NODE_PORTS = [
+    "dashboard_agent_listen_port",
+    "metrics_agent_port",
+    "metrics_export_port",
+    "runtime_env_agent_port",
+]
+
+
+def _node_ports(pool: list[int]) -> dict[str, int]:
+    """A node's ports, taken from ``pool`` (one ``free_ports`` call for all the nodes: ports
+    of separate calls are free when asked, not bound, so two calls could give the same)."""
+    return {name: pool.pop() for name in NODE_PORTS}
 
 
 def main(train_yaml: str, storage: str, temp_dir: str) -> None:
-    gcs_port, dashboard_port = free_ports(2)
+    gcs_port, dashboard_port, *pool = free_ports(2 + 3 * len(NODE_PORTS))  # head + 2 nodes
     # Ray Train's PlacementGroupCleaner asks the State API without an address; with more
     # than one Ray instance on the machine only RAY_ADDRESS tells it which one is ours.
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
@@ -67,12 +71,12 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
             "gcs_server_port": gcs_port,
             "include_dashboard": True,
             "dashboard_port": dashboard_port,
-            **_node_ports(),
+            **_node_ports(pool),
         },
     )
     try:
         workers = [
-            cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports()) for _ in range(2)
+            cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports(pool)) for _ in range(2)
         ]
         cluster.wait_for_nodes()
         address_file = get_ray_address_file(None)
