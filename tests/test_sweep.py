@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -275,8 +276,11 @@ def _children(uri: str, name: str) -> list:
     ]
 
 
-def _ended(uri: str, name: str) -> int:
-    return sum(k.data.tags.get("status") not in (None, "running") for k in _children(uri, name))
+def _next_started(log: Path) -> bool:
+    """The driver's console said a trial ended and then that another one started."""
+    lines = log.read_text().splitlines()
+    ends = [i for i, ln in enumerate(lines) if re.search(r" (completed|stopped by ASHA) ", ln)]
+    return bool(ends) and any(" started  " in ln for ln in lines[ends[0] + 1 :])
 
 
 def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
@@ -294,7 +298,11 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
     seed = _first_good_then_bad(samples)
     path = _sweep_file(tmp_path, synth_data, "resume", samples, seed)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",  # Tune saves its experiment state every second
+    }
     smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
 
     def start(log: Path, *extra: str) -> subprocess.Popen:
@@ -303,22 +311,18 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
             [*smotune, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
+    # Each driver is stopped once its console says a trial ended and the next one started:
+    # its own lines, at once (MLflow's may lag), so the signal lands in a running trial.
     first_log = tmp_path / "first.log"
     first = start(first_log)
-    _wait(  # kill once the first trial has ended and the second started
-        first,
-        first_log,
-        lambda: len(_children(uri, "resume")) >= 2 and _ended(uri, "resume") >= 1,
-        "the sweep's second trial",
-    )
-    time.sleep(12)  # Tune saves its experiment state at most every 10 s ("auto" period)
+    _wait(first, first_log, lambda: _next_started(first_log), "the sweep's second trial")
+    time.sleep(2.5)  # one more save of Tune's experiment state
     first.send_signal(signal.SIGKILL)
     first.wait()
 
-    ended = _ended(uri, "resume")
     second_log = tmp_path / "second.log"
     second = start(second_log, "--resume")
-    _wait(second, second_log, lambda: _ended(uri, "resume") > ended, "a trial of the resumed sweep")
+    _wait(second, second_log, lambda: _next_started(second_log), "a trial of the resumed sweep")
     second.send_signal(signal.SIGINT)
     assert second.wait(timeout=300) == 130, second_log.read_text()[-3000:]
     best = (tmp_path / "best.yaml").read_text()
