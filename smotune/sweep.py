@@ -300,11 +300,12 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
 def _ended(grid: Any, expected: int) -> bool:
     """Whether every trial a Tuner was to run has ended (finished or failed).
 
-    Tune's count alone is not enough: a trial still PENDING when Ctrl-C comes ends
-    TERMINATED without having run (seen in test_sweep's Ctrl-C test): its metrics hold only
-    its ``trial_id``, no reported result.
+    Tune's count alone is not enough: Ctrl-C ends the running trial and a PENDING one
+    TERMINATED too (seen in test_sweep's Ctrl-C test). A trial really ended has an error,
+    or a last result Tune marked ``done`` (its function returned, or the scheduler
+    stopped it); a Ctrl-C'd one keeps its last epoch's result, not done, or none at all.
     """
-    ran = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("training_iteration"))
+    ran = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
     return grid.num_terminated + grid.num_errors >= expected and ran >= expected
 
 

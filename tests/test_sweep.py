@@ -64,15 +64,20 @@ def _sweep_file(
     return path
 
 
-def _first_good_then_bad(samples: int) -> int:
-    """A seed whose random draws put a good lr first and a bad lr later (ASHA must stop it)."""
+def _drawn_lrs(seed: int, samples: int) -> list[float]:
+    """The lrs the sweep's random searcher draws with this seed, in trial order."""
     space = {
         "loss.label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3),
         "optim.lr": optuna.distributions.CategoricalDistribution([GOOD_LR, BAD_LR]),
     }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [study.ask(space).params["optim.lr"] for _ in range(samples)]
+
+
+def _first_good_then_bad(samples: int) -> int:
+    """A seed whose random draws put a good lr first and a bad lr later (ASHA must stop it)."""
     for seed in range(100):
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        lrs = [study.ask(space).params["optim.lr"] for _ in range(samples)]
+        lrs = _drawn_lrs(seed, samples)
         if lrs[0] == GOOD_LR and BAD_LR in lrs and lrs.count(GOOD_LR) >= 2:
             return seed
     raise AssertionError("no seed found")
@@ -276,11 +281,16 @@ def _children(uri: str, name: str) -> list:
     ]
 
 
-def _next_started(log: Path) -> bool:
-    """The driver's console said a trial ended and then that another one started."""
+def _training_on(log: Path) -> bool:
+    """The driver's console said: a trial ended, then a good-lr trial started and reported
+    its first epoch (of two)."""
     lines = log.read_text().splitlines()
     ends = [i for i, ln in enumerate(lines) if re.search(r" (completed|stopped by ASHA) ", ln)]
-    return bool(ends) and any(" started  " in ln for ln in lines[ends[0] + 1 :])
+    for ln in lines[ends[0] + 1 :] if ends else []:
+        if " started  " in ln and f"optim.lr={GOOD_LR:g}" in ln:
+            who = ln.split(" started  ")[0]
+            return any(x.startswith(f"{who} epoch 1/2 ") for x in lines)
+    return False
 
 
 def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
@@ -294,8 +304,9 @@ def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
 def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_data, tmp_path):
     """One sweep, three drivers: SIGKILLed mid-sweep, resumed and Ctrl-C'd (exit 130, best.yaml
     marked partial, nothing left RUNNING), resumed again to the end with nothing trained twice."""
-    samples = 3
-    seed = _first_good_then_bad(samples)
+    samples = 4
+    order = [GOOD_LR, GOOD_LR, BAD_LR, GOOD_LR]  # the third is stopped at its first epoch
+    seed = next(s for s in range(200) if _drawn_lrs(s, samples) == order)
     path = _sweep_file(tmp_path, synth_data, "resume", samples, seed)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {
@@ -311,18 +322,20 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
             [*smotune, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
-    # Each driver is stopped once its console says a trial ended and the next one started:
-    # its own lines, at once (MLflow's may lag), so the signal lands in a running trial.
+    # Each driver is stopped on its own console lines (at once; MLflow's may lag) while a
+    # good-lr trial started after another trial's end is training its second epoch: never
+    # while a worker group starts (a Ctrl-C then can leave Ray Train's placement group
+    # behind, holding a CPU of the shared cluster), nor after the sweep's last trial.
     first_log = tmp_path / "first.log"
     first = start(first_log)
-    _wait(first, first_log, lambda: _next_started(first_log), "the sweep's second trial")
+    _wait(first, first_log, lambda: _training_on(first_log), "the sweep's second trial")
     time.sleep(2.5)  # one more save of Tune's experiment state
     first.send_signal(signal.SIGKILL)
     first.wait()
 
     second_log = tmp_path / "second.log"
     second = start(second_log, "--resume")
-    _wait(second, second_log, lambda: _next_started(second_log), "a trial of the resumed sweep")
+    _wait(second, second_log, lambda: _training_on(second_log), "the resumed sweep's last trial")
     second.send_signal(signal.SIGINT)
     assert second.wait(timeout=300) == 130, second_log.read_text()[-3000:]
     best = (tmp_path / "best.yaml").read_text()
@@ -357,4 +370,5 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
     )
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "search.samples (3 -> 5)" in lines[0], refused.stderr
+    changed = f"search.samples ({samples} -> {samples + 2})"
+    assert len(lines) == 1 and changed in lines[0], refused.stderr
