@@ -116,6 +116,7 @@ class SweepConsole(Callback):
         self._start = time.monotonic()
         self._ended: set[str] = set()
         self._ended_here = 0
+        self._said: dict[str, int] = {}  # trial id -> the last epoch said
 
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()  # a resumed sweep's clock starts with its process
@@ -150,8 +151,9 @@ class SweepConsole(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         epoch, value = result.get(TIME_ATTR), result.get(self.metric)
-        if epoch is None or value is None:
-            return
+        if epoch is None or value is None or epoch <= self._said.get(trial.trial_id, 0):
+            return  # no epoch, or one said already (reported again after a restart)
+        self._said[trial.trial_id] = int(epoch)
         loss = result.get("train_loss")
         extra = f"  train_loss {loss:.4f}" if isinstance(loss, float) else ""
         self._say(
@@ -297,6 +299,7 @@ class EpochFeed:
     def __init__(self, epochs: int):
         self.epochs = epochs
         self.queue = Queue(actor_options={"num_cpus": 0})
+        self._said = 0  # the last epoch printed
 
     def callback(self) -> Any:
         return ReportToQueue(self.queue)
@@ -309,7 +312,9 @@ class EpochFeed:
                 if stop.is_set():
                     return
                 continue
-            print(train_epoch_line(metrics, self.epochs), flush=True)
+            if metrics[TIME_ATTR] > self._said:  # not an epoch reported again after a restart
+                self._said = metrics[TIME_ATTR]
+                print(train_epoch_line(metrics, self.epochs), flush=True)
 
     @contextlib.contextmanager
     def printing(self) -> Iterator[None]:

@@ -267,10 +267,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     w = setup(TrainConfig.model_validate(loop_config["train"]))
-    finished = resume(w, ray.train.get_checkpoint())
-    if finished is not None:  # a finished run restarted: say again how it ended
-        ray.train.report(finished if w.rank == 0 else {"epoch": w.epoch})
-        return
+    last = resume(w, ray.train.get_checkpoint())
+    if last is not None:  # say again what the checkpoint's epoch reported (see resume)
+        ray.train.report(last if w.rank == 0 else {"epoch": w.epoch})
+        if w.epoch >= w.cfg.epochs:  # a finished run restarted: nothing to train
+            return
     plan = plan_epochs(w)
     for epoch in range(w.epoch + 1, w.cfg.epochs + 1):
         metrics = train_epoch(w, plan, epoch)
@@ -341,12 +342,18 @@ def build_worker(
 
 
 def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
-    """Continue from Ray Train's latest checkpoint, if any; its metrics if the run had ended.
+    """Continue from Ray Train's latest checkpoint, if any; the metrics its epoch reported.
 
     A checkpoint here means a worker group restarted after a failure
     (``workers.max_failures``) or a resumed run: model, optimizer and scaler
     are restored, the epoch, step and skipped samples carried on, and the
     restart counted unless the run had already ended.
+
+    The caller reports the returned metrics again before training on: a driver
+    killed after Ray Train registered the checkpoint but before Tune received its
+    result would otherwise lose that epoch (never in MLflow, the study or ASHA's
+    rungs). Whoever had the epoch already skips it (the MLflow callback, the
+    consoles and the searcher by epoch; ASHA records a trial once per rung).
     """
     if not checkpoint:
         return None
@@ -354,7 +361,7 @@ def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
         last = _load_checkpoint(path, w.parts)
     w.epoch, w.step, w.skipped_before = last["epoch"], last["step"], last["data_skipped"]
     w.restarts = last.get("restarts", 0) + (w.epoch < w.cfg.epochs)
-    return last if w.epoch >= w.cfg.epochs else None
+    return last
 
 
 def plan_epochs(w: Worker) -> EpochPlan:

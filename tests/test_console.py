@@ -91,3 +91,25 @@ def test_the_log_file_of_a_remote_storage_is_local_and_said_so(tmp_path, monkeyp
     said = console.where_logs_go(remote, under, "/tmp/ray/session_x/logs")
     assert said.startswith(f"ray's logs: {remote} (storage.path is remote: a local file);")
     assert "/tmp/ray/session_x/logs" in said
+
+
+def test_an_epoch_reported_again_after_a_restart_is_said_once(capsys):
+    """A restarted trial reports its checkpoint's epoch again (engine.resume): said once."""
+    from types import SimpleNamespace
+
+    from smotune.config import SweepConfig
+
+    sweep = SweepConfig.model_validate(
+        {"name": "s", "train": {"data": {"train": "x.tar", "zeroshot": "zs"}, "epochs": 3}}
+    )
+    say = console.SweepConsole(sweep, total=2)
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial, epoch in ((a, 1), (a, 2), (b, 1), (a, 2), (a, 1), (a, 3)):
+        say.on_trial_result(0, [a, b], trial, {"epoch": epoch, "zeroshot_top1": 0.5})
+    said = [ln.split("  ")[0] for ln in capsys.readouterr().out.splitlines()]
+    assert said == [
+        "[search] trial a epoch 1/3",
+        "[search] trial a epoch 2/3",
+        "[search] trial b epoch 1/3",
+        "[search] trial a epoch 3/3",
+    ]

@@ -244,7 +244,7 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
         again = _one_worker(tmp_path)
         from ray.train import Checkpoint
 
-        assert engine.resume(again, Checkpoint.from_directory(tmp)) is None
+        assert engine.resume(again, Checkpoint.from_directory(tmp)) == first  # reported again
     assert (again.epoch, again.step, again.skipped_before, again.restarts) == (1, 4, lost, 1)
     second = engine.train_epoch(again, plan, epoch=2)
     assert second["step"] == 2 * plan.steps and second["restarts"] == 1
@@ -273,7 +273,7 @@ def test_a_resumed_run_is_the_uninterrupted_run_and_only_its_last_checkpoint_is_
     last, last_bytes = _checkpoint(tmp_path / "epoch2", w, second)
 
     again = _one_worker(tmp_path)
-    assert engine.resume(again, Checkpoint.from_directory(str(mid))) is None
+    assert engine.resume(again, Checkpoint.from_directory(str(mid))) == first
     resumed = engine.train_epoch(again, plan, epoch=2)
     assert resumed["train_loss"] == second["train_loss"]
     ours, theirs = w.module.state_dict(), again.module.state_dict()

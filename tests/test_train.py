@@ -202,6 +202,37 @@ def test_a_run_is_its_config(ray_cluster, synth_data, tmp_path, capsys):
     )
 
 
+def test_a_resumed_run_reports_its_checkpoints_epoch_again(ray_cluster, synth_data, tmp_path):
+    """A sweep's driver killed after Ray Train registered epoch k's checkpoint but before Tune
+    received epoch k's result: the resumed trial continues from that checkpoint, so unless it
+    reports epoch k again, that epoch never reaches MLflow, the study or ASHA's rungs. Built
+    here as the same Train run twice: 1 epoch trained, then resumed to 2 epochs."""
+    from ray.util.queue import Empty, Queue
+
+    from smotune.console import ReportToQueue
+
+    cfg = TrainConfig.model_validate(_small(synth_data, lr=1e-3, smoothing=0.1, workers=1))
+    queue = Queue(actor_options={"num_cpus": 0})
+
+    def reported(epochs: int) -> list[dict]:
+        run = cfg.model_copy(update={"epochs": epochs})
+        trial.fit(trial.build_trainer(run, str(tmp_path), "lost", [ReportToQueue(queue)]))
+        said = []
+        while True:
+            try:
+                said.append(queue.get_nowait())
+            except Empty:
+                return said
+
+    first = reported(1)
+    resumed = reported(2)
+    queue.shutdown()
+    assert [m["epoch"] for m in first] == [1]
+    assert [m["epoch"] for m in resumed] == [1, 2]
+    assert resumed[0] == first[0]  # the checkpoint's epoch, as it was reported
+    assert resumed[1]["step"] == 2 * resumed[0]["step"]  # trained on from its step
+
+
 def _final(out: str) -> dict[str, str]:
     """The ``final: k=v  k=v`` line ``smotune train`` prints, as a dict."""
     line = next(ln for ln in out.splitlines() if ln.startswith("final:"))
