@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -51,6 +50,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import machine  # noqa: E402  (bench/machine.py)
 
 from smotune import engine, trial  # noqa: E402
 from smotune.config import SweepConfig, TrainConfig, load_sweep  # noqa: E402
@@ -318,7 +319,7 @@ def main() -> None:
     result = {
         "bench": "sweep_overhead",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": _machine(),
+        "machine": machine.describe(),
         "config": "search_spaces/demo.yaml train"
         + (" (quick: 1 epoch of 2 steps)" if args.quick else ""),
         "arch": cfg.model.arch,
@@ -339,14 +340,6 @@ def main() -> None:
         RESULT.write_text(json.dumps(result, indent=1) + "\n")
         if not args.no_append:
             _append(result)
-
-
-def _machine() -> str:
-    import ray
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}"
 
 
 PHASE_ROWS = (  # (label, key in a trial's phases; None: the sum of its epochs' key)

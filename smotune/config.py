@@ -35,6 +35,7 @@ METRICS = (
     "train_loss",
     "lr",
     "samples_per_s",
+    "train_s",
     "data_skipped",
     "restarts",
 )

@@ -427,6 +427,7 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
         "train_loss": loss_sum / samples,
         "lr": optim.lr_at(w.step - 1, cfg, plan.total_steps),
         "samples_per_s": samples / elapsed,
+        "train_s": elapsed,
         "data_skipped": w.skipped_before + int(skipped),
         "restarts": w.restarts,
         "step": w.step,

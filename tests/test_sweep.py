@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from smotune import cli, config, sweep
+from smotune import cli, config, sweep, tracking
 
 pytestmark = pytest.mark.ray
 
@@ -125,6 +125,12 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
         history = client.get_metric_history(child.info.run_id, "zeroshot_top1")
         epochs = 2 if child.data.tags["status"] == "completed" else 1
         assert [m.step for m in history] == list(range(1, epochs + 1))
+        # each epoch's training loop as the engine timed it: train_s x samples_per_s = the
+        # epoch's 640 samples (10 steps of 64 on one worker)
+        loop = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "train_s")}
+        rate = client.get_metric_history(child.info.run_id, "samples_per_s")
+        assert sorted(loop) == list(range(1, epochs + 1))
+        assert all(loop[m.step] * m.value == pytest.approx(640) for m in rate)
 
     # the Optuna study, opened from the parent's tag as optuna-dashboard would
     study = optuna.load_study(study_name="e2e", storage=parent.data.tags["optuna_storage"])
@@ -158,6 +164,11 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     assert (parent.data.tags["verdict"] == "baseline_best") == (winner == "baseline")
     assert f"verdict: {parent.data.tags['verdict']}" in out and "noise band" in out
     assert parent.data.tags["best_trial"] == winner
+    # where the sweep's time went (bench/demo_share.py): each trial's loops within its run
+    timed = tracking.sweep_time(cfg.tracking.uri, "e2e")
+    assert len(timed.trials) == len(children) and timed.run_id == parent.info.run_id
+    assert all(0 < t.train_s < t.wall_s for t in timed.trials)
+    assert sum(t.wall_s for t in timed.trials) < timed.wall_s
 
     # the parent's plots, drawn by the sweep's writer as trials ended and after the verdict
     drawn = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}

@@ -573,3 +573,39 @@ def test_error_line_is_the_workers_error_of_a_chained_traceback():
         "WorkerError: rank 0: FloatingPointError: loss is nan at epoch 1, step 3"
     )
     assert error_line("no error named here\nsecond") == "no error named here"
+
+
+def test_sweep_time_reads_the_wall_and_the_training_loops_back(sqlite_uri):
+    """What bench/demo_share.py reports: the parent's wall, each trial's epochs' train_s
+    (an epoch logged twice counts once, its later value) and each trial run's wall."""
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    exp = client.create_experiment("timed")
+    t0 = 1_796_000_000_000  # ms
+    parent = client.create_run(exp, start_time=t0, tags={tracking.TAG_KIND: "sweep"})
+    with pytest.raises(UserError, match="has not ended"):
+        tracking.sweep_time(sqlite_uri, "timed")
+
+    def child(trial, phase, start_s, end_s, train_s):
+        tags = {
+            tracking.TAG_PARENT: parent.info.run_id,
+            tracking.TAG_KIND: "trial",
+            tracking.TAG_TRIAL_ID: trial,
+            "phase": phase,
+            tracking.TAG_STATUS: "completed",
+        }
+        run = client.create_run(exp, start_time=t0 + start_s * 1000, tags=tags)
+        for i, (step, value) in enumerate(train_s):
+            client.log_metric(run.info.run_id, "train_s", value, timestamp=t0 + i, step=step)
+        client.set_terminated(run.info.run_id, end_time=t0 + end_s * 1000)
+
+    child("a", "search", 5, 40, [(1, 10.0), (2, 12.0), (2, 13.0)])
+    child("b", "confirm", 50, 80, [(1, 9.0), (2, 9.5)])
+    client.set_terminated(parent.info.run_id, end_time=t0 + 100_000)
+
+    timed = tracking.sweep_time(sqlite_uri, "timed")
+    assert timed.run_id == parent.info.run_id and timed.wall_s == 100.0
+    assert [(t.trial_id, t.phase, t.epochs, t.train_s, t.wall_s) for t in timed.trials] == [
+        ("a", "search", 2, 23.0, 35.0),
+        ("b", "confirm", 2, 18.5, 30.0),
+    ]
+    assert timed.train_s == 41.5 and timed.train_share == pytest.approx(0.415)

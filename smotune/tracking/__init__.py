@@ -73,11 +73,14 @@ from smotune.tracking.params import train_params
 from smotune.tracking.read import (
     RankedTrial,
     Ranking,
+    SweepTime,
     TrialRecord,
+    TrialTime,
     best_trial_run,
     ranked_trials,
     sweep_parent_id,
     sweep_summary,
+    sweep_time,
 )
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
@@ -123,7 +126,9 @@ __all__ = [
     "MlflowSweepCallback",
     "RankedTrial",
     "Ranking",
+    "SweepTime",
     "TrialRecord",
+    "TrialTime",
     "best_trial_run",
     "check_tracking",
     "choose_uri",
@@ -136,5 +141,6 @@ __all__ = [
     "ranked_trials",
     "sweep_parent_id",
     "sweep_summary",
+    "sweep_time",
     "train_params",
 ]

@@ -208,6 +208,74 @@ def best_trial_run(uri: str, experiment: str) -> tuple[TrialRecord, dict[str, An
     return _record(client, best), info
 
 
+@dataclass(frozen=True)
+class TrialTime:
+    """One trial's share of a sweep's time: its run's wall and its epochs' training loops."""
+
+    trial_id: str
+    phase: str
+    status: str
+    epochs: int
+    train_s: float
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class SweepTime:
+    """Where a finished sweep's wall time went, read from its MLflow runs.
+
+    ``wall_s`` is the parent run's start to end (the whole ``smotune sweep``
+    after its checks: Ray's start, both phases, the verdict); ``train_s`` sums
+    every trial's per-epoch ``train_s`` (the training loop: the loader's start and
+    the steps, nothing of eval, checkpoints or Ray). A resumed sweep's wall includes the
+    time it was down.
+    """
+
+    run_id: str
+    wall_s: float
+    trials: tuple[TrialTime, ...]
+
+    @property
+    def train_s(self) -> float:
+        return sum(t.train_s for t in self.trials)
+
+    @property
+    def train_share(self) -> float:
+        return self.train_s / self.wall_s
+
+
+def sweep_time(uri: str, experiment: str) -> SweepTime:
+    """The time of the latest finished sweep of ``experiment``, phase by phase and trial by trial.
+
+    An epoch logged twice (a resumed trial re-reporting it) counts once, as its last value.
+    """
+    client, experiment_id, parent = _latest_sweep(uri, experiment)
+    if parent.info.end_time is None:
+        raise UserError(
+            f"MLflow {redact(uri)}",
+            "experiment",
+            f"the latest sweep of {experiment!r} (run {parent.info.run_id}) has not ended",
+            "wait for the sweep to end (or resume it) and read it again",
+        )
+    trials = []
+    for run in children(client, experiment_id, parent.info.run_id):
+        history = client.get_metric_history(run.info.run_id, "train_s")
+        epochs = {m.step: m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+        end = run.info.end_time or parent.info.end_time
+        trials.append(
+            TrialTime(
+                trial_id=run.data.tags.get(TAG_TRIAL_ID, run.info.run_name),
+                phase=run.data.tags.get(TAG_PHASE, PHASE_SEARCH),
+                status=run.data.tags.get(TAG_STATUS, ""),
+                epochs=len(epochs),
+                train_s=sum(epochs.values()),
+                wall_s=(end - run.info.start_time) / 1000,
+            )
+        )
+    wall = (parent.info.end_time - parent.info.start_time) / 1000
+    return SweepTime(parent.info.run_id, wall, tuple(trials))
+
+
 def _objective(parent: Any) -> tuple[str, str]:
     """The sweep's ``search.metric`` and ``search.mode``, from its parent run's params."""
     params = parent.data.params
