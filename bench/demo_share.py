@@ -36,7 +36,7 @@ GOAL = 0.70  # issue 15: >= 70% of the demo's wall time in training
 
 def measure(sweep_file: Path) -> dict:
     sweep = load_sweep(sweep_file, check_paths=False)
-    timed = tracking.sweep_time(sweep.tracking.uri, sweep.tracking.experiment)
+    timed = tracking.sweep_time(sweep.tracking.uri, sweep.experiment)
     train = sweep.train
     phases: dict[str, dict[str, float]] = {}
     for t in timed.trials:
