@@ -32,6 +32,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+WORKER_NODES = 2  # beside the head, one CPU each
 NODE_PORTS = [
     "dashboard_agent_listen_port",
     "metrics_agent_port",
@@ -47,7 +48,7 @@ def _node_ports(pool: list[int]) -> dict[str, int]:
 
 
 def main(train_yaml: str, storage: str, temp_dir: str) -> None:
-    gcs_port, dashboard_port, *pool = free_ports(2 + 3 * len(NODE_PORTS))  # head + 2 nodes
+    gcs_port, dashboard_port, *pool = free_ports(2 + (1 + WORKER_NODES) * len(NODE_PORTS))
     # Ray Train's PlacementGroupCleaner asks the State API without an address; with more
     # than one Ray instance on the machine only RAY_ADDRESS tells it which one is ours.
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
@@ -76,7 +77,8 @@ def main(train_yaml: str, storage: str, temp_dir: str) -> None:
     )
     try:
         workers = [
-            cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports(pool)) for _ in range(2)
+            cluster.add_node(num_cpus=1, temp_dir=temp_dir, **_node_ports(pool))
+            for _ in range(WORKER_NODES)
         ]
         cluster.wait_for_nodes()
         address_file = get_ray_address_file(None)
