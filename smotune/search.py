@@ -8,18 +8,23 @@
   (step = epoch) and how the trial ended: COMPLETE only when it ran every
   epoch, PRUNED when ASHA stopped it (its stopping epoch included: Tune hands
   that result only to ``on_trial_complete``), FAIL on an error or a NaN.
+  It keeps a copy of its sampler in the study after every draw (a study
+  system attribute), so a resumed sweep draws on from the last draw.
 - :class:`ResumableASHA` rebuilds its rungs from the study after
   ``Tuner.restore`` (Tune does not save the scheduler, ray#30838), so a
   resumed sweep stops the trials an uninterrupted one would.
 
 Both subclass Ray's classes and use their private attributes (``_ot_trials``,
-``_ot_study``, ``_completed_trials``; ``_brackets``, ``_rungs``); Ray is pinned
+``_ot_study``, ``_completed_trials``; ``_brackets``, ``_rungs``) and read Tune's
+experiment state file (``tune_state.trial_ids``); Ray is pinned
 to the minor version ``tests/test_search.py`` checks them on.
 """
 
 from __future__ import annotations
 
+import base64
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,14 +34,15 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from smotune import tune_state
 from smotune.config import SweepConfig
 from smotune.errors import UserError, redact
 from smotune.space import default_point, optuna_space
-from smotune.tune_state import KeepsTuneState
 
 STUDY_FILE = "optuna.db"
 ATTR_TUNE_TRIAL = "tune_trial_id"
 ATTR_WARM_START = "warm_start_from"
+ATTR_SAMPLER = "smotune:sampler"
 TIME_ATTR = "epoch"
 
 
@@ -168,7 +174,7 @@ def warm_start_trials(sweep: SweepConfig, where: str) -> list[optuna.trial.Froze
     return out
 
 
-class TruthfulOptunaSearch(KeepsTuneState, OptunaSearch):
+class TruthfulOptunaSearch(tune_state.KeepsTuneState, OptunaSearch):
     """Tune's Optuna searcher, telling Optuna how each trial really ended.
 
     Ray's ``OptunaSearch`` reports intermediate values by Tune's iteration, loses
@@ -186,7 +192,17 @@ class TruthfulOptunaSearch(KeepsTuneState, OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(ATTR_TUNE_TRIAL, trial_id)
+        self._keep_sampler()
         return config
+
+    def _study_id(self) -> int:
+        return self._storage.get_study_id_from_name(self._study_name)
+
+    def _keep_sampler(self) -> None:
+        """Keep the sampler (its random state after this draw) in the study, written at once:
+        Tune saves this searcher only every few seconds."""
+        kept = base64.b64encode(pickle.dumps(self._ot_study.sampler)).decode("ascii")
+        self._storage.set_study_system_attr(self._study_id(), ATTR_SAMPLER, kept)
 
     def _report(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(self.metric), result.get(TIME_ATTR)
@@ -217,26 +233,39 @@ class TruthfulOptunaSearch(KeepsTuneState, OptunaSearch):
         self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Restore, then settle what happened in the study after Tune's last save.
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Restore, then settle what happened after the save this state comes from.
 
-        Tune saves the searcher every few seconds while the study is written at
-        once, so a killed driver leaves two gaps. A trial the study holds as ended
-        but this state as running: Tune runs it again, and the study keeps how it
-        ended (nothing more is told). A trial suggested after the save: RUNNING in
-        the study, unknown to the restored Tune, which never finishes it; it is told
-        FAIL and its params are enqueued, so the resumed sweep's next suggestion is
-        that config and the sweep runs the configs an uninterrupted one would have.
+        Tune saves its trials and this searcher every few seconds, and uploads the
+        files one by one, while the study is written at once; so a killed driver
+        can leave the study, Tune's trials and this state each at another moment.
+        Tune's trials (the experiment state in ``checkpoint_dir``, which Tune has
+        just restored) decide:
+
+        - a trial the study holds as ended: Tune may run it again; the study keeps
+          how it ended (nothing more is told);
+        - a trial RUNNING in the study that Tune restored: it is this searcher's
+          (even if its saved state predates the suggestion), told as it runs;
+        - a trial RUNNING in the study that Tune does not know: suggested after
+          Tune's save, never to be finished; it is told FAIL and its params are
+          enqueued, so the resumed sweep's next suggestion is that config;
+        - the sampler comes back from the study as it was after the last draw, so
+          the draws after that config are the ones an uninterrupted sweep makes.
         """
-        super().restore(checkpoint_path)
-        trials = self._ot_study.get_trials(deepcopy=False)
-        ended = {t.number for t in trials if t.state.is_finished()}
-        self._completed_trials.update(
-            tid for tid, t in self._ot_trials.items() if t.number in ended
-        )
-        known = {t.number for t in self._ot_trials.values()}
-        for t in trials:
-            if t.state == TrialState.RUNNING and t.number not in known:
+        super().restore_from_dir(checkpoint_dir)
+        kept = self._storage.get_study_system_attrs(self._study_id()).get(ATTR_SAMPLER)
+        if kept is not None:
+            self._sampler = self._ot_study.sampler = pickle.loads(base64.b64decode(kept))
+        in_tune = tune_state.trial_ids(checkpoint_dir)
+        for t in self._ot_study.get_trials(deepcopy=False):
+            tune_id = t.user_attrs.get(ATTR_TUNE_TRIAL)
+            if t.state.is_finished():
+                if tune_id in self._ot_trials:
+                    self._completed_trials.add(tune_id)
+            elif t.state == TrialState.RUNNING and tune_id in in_tune:
+                self._ot_trials[tune_id] = optuna.Trial(self._ot_study, t._trial_id)
+            elif t.state == TrialState.RUNNING:
+                self._ot_trials.pop(tune_id, None)
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
                 self._ot_study.enqueue_trial(t.params)
 

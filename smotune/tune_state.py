@@ -102,3 +102,18 @@ def repair(experiment_uri: str, where: str) -> str | None:
         f"Tune's state {newest} was cut off when the sweep's driver died (Ray uploads it while "
         f"writing it); restored from smotune's copy {copy}"
     )
+
+
+def trial_ids(dirpath: str) -> set[str]:
+    """The ids of the trials in the newest experiment state in local folder ``dirpath``.
+
+    That is the state ``TuneController.resume`` restored its trials from: it reads
+    the newest by name in the experiment folder, then downloads that folder into
+    the driver staging folder it hands the searcher's ``restore_from_dir``.
+    """
+    states = fnmatch.filter(os.listdir(dirpath), TuneController.CKPT_FILE_TMPL.format("*"))
+    if not states:
+        raise FileNotFoundError(f"no Tune experiment state in {dirpath}")
+    with open(os.path.join(dirpath, max(states)), encoding="utf-8") as f:
+        state = json.load(f)
+    return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}

@@ -327,44 +327,99 @@ def test_asha_stops_the_same_trials_after_a_killed_sweep_is_resumed(ray_cluster,
     assert _states(cut_url, "cut") == expected
 
 
-def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path):
-    """A driver killed after Tune's last save: trial a ended (PRUNED) and b was suggested,
-    which the restored searcher does not know. Tune runs a again: its repeated result
-    changes nothing in the study (was: an error that ended the sweep). b is told FAIL
-    and its config is suggested next, not a new draw (the first suggestions are fixed
-    by the study's enqueue, as a sweep's default point is; what follows is sampled)."""
-    space = {"loss.label_smoothing": {"uniform": [0.0, 0.3]}}
-    sweep = _sweep(tmp_path, "orphan", [0.0, 0.0, 0.0], space=space)
-    url, storage = search.prepare_study(sweep, resume=False, where="orphan.yaml")
-    _enqueue(sweep, url, [0.111, 0.222])
+UNIFORM = {"loss.label_smoothing": {"uniform": [0.0, 0.3]}}
+LS = "loss.label_smoothing"
+
+
+def _tune_saved(folder: Path, *trial_ids: str) -> None:
+    """Tune's experiment state holding these trials (each as Ray's Trial writes itself)."""
+    from ray.tune.experiment import Trial
+
+    data = [list(Trial("fn", stub=True, trial_id=t).get_json_state()) for t in trial_ids]
+    (folder / "experiment_state-s.json").write_text(json.dumps({"trial_data": data}))
+
+
+def _straight_draws(tmp_path: Path, algo: str, result: dict, n: int) -> list[float]:
+    """What an uninterrupted sweep suggests: n trials, each ending with ``result``."""
+    sweep = _sweep(tmp_path, f"straight-{algo}", [0.0] * 4, space=UNIFORM, algo=algo)
+    searcher = search.make_searcher(sweep, search.prepare_study(sweep, False, "x")[1])
+    drawn = []
+    for i in range(n):
+        drawn.append(searcher.suggest(str(i))[LS])
+        searcher.on_trial_complete(str(i), result)
+    return drawn
+
+
+@pytest.mark.parametrize("algo", ["random", "tpe"])
+def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path, algo):
+    """A driver killed after Tune's last save (it knew trial a): a then ended (PRUNED) and b
+    was suggested. Tune runs a again: its repeated result changes nothing in the study (was:
+    an error that ended the sweep). b is told FAIL and its config is suggested next (was: a
+    new draw), and the draw after it is the one an uninterrupted sweep makes next (was: b's
+    config again, from the sampler's random state as the searcher's save had it)."""
     stopped = {"zeroshot_top1": 0.3, search.TIME_ATTR: 1}
+    drawn = _straight_draws(tmp_path, algo, stopped, 3)
+    sweep = _sweep(tmp_path, "orphan", [0.0] * 4, space=UNIFORM, algo=algo)
+    url, storage = search.prepare_study(sweep, resume=False, where="orphan.yaml")
     killed = search.make_searcher(sweep, storage)
-    assert killed.suggest("a") == {"loss.label_smoothing": 0.111}
-    saved = tmp_path / "searcher-state.pkl"
-    killed.save(str(saved))  # Tune's last save before the kill
+    assert killed.suggest("a") == {LS: drawn[0]}
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    _tune_saved(saved, "a")
+    killed.save_to_dir(str(saved), "s")  # Tune's last save before the kill
     killed.on_trial_complete("a", stopped)
-    assert killed.suggest("b") == {"loss.label_smoothing": 0.222}
+    assert killed.suggest("b") == {LS: drawn[1]}
 
     resumed = search.make_searcher(sweep, search.open_storage(url))
-    resumed.restore(str(saved))
+    resumed.restore_from_dir(str(saved))
     resumed.on_trial_result("a", {**stopped, "zeroshot_top1": 0.9})
     resumed.on_trial_complete("a", {**stopped, "zeroshot_top1": 0.9})
-    assert resumed.suggest("c") == {"loss.label_smoothing": 0.222}
+    assert resumed.suggest("c") == {LS: drawn[1]}
+    resumed.on_trial_complete("c", stopped)
+    assert resumed.suggest("d") == {LS: drawn[2]}
     study = optuna.load_study(study_name="orphan", storage=url)
     assert [
-        (
-            t.state,
-            t.params["loss.label_smoothing"],
-            t.user_attrs[search.ATTR_TUNE_TRIAL],
-            t.intermediate_values,
-        )
+        (t.state, t.params[LS], t.user_attrs[search.ATTR_TUNE_TRIAL], t.intermediate_values)
         for t in study.get_trials()
     ] == [
-        (TrialState.PRUNED, 0.111, "a", {1: 0.3}),
-        (TrialState.FAIL, 0.222, "b", {}),
-        (TrialState.RUNNING, 0.222, "c", {}),
+        (TrialState.PRUNED, drawn[0], "a", {1: 0.3}),
+        (TrialState.FAIL, drawn[1], "b", {}),
+        (TrialState.PRUNED, drawn[1], "c", {1: 0.3}),
+        (TrialState.RUNNING, drawn[2], "d", {}),
     ]
-    assert resumed.suggest("d")["loss.label_smoothing"] not in (0.111, 0.222)  # then sampled
+
+
+def test_a_trial_tune_restored_is_the_searchers_though_its_saved_state_is_older(tmp_path):
+    """Tune uploads its saved files one by one, so a killed driver can leave Tune's trials
+    newer than the searcher's state: trial b, suggested after the searcher's save, is in
+    Tune's. Tune runs b on, and b's results reach b's study trial; the next suggestion is a
+    new draw (was: b told FAIL, its results dropped, its config run a second time)."""
+    done = {"zeroshot_top1": 0.4, search.TIME_ATTR: EPOCHS}
+    drawn = _straight_draws(tmp_path, "random", done, 3)
+    sweep = _sweep(tmp_path, "older", [0.0] * 4, space=UNIFORM)
+    url, storage = search.prepare_study(sweep, resume=False, where="older.yaml")
+    killed = search.make_searcher(sweep, storage)
+    killed.suggest("a")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    killed.save_to_dir(str(saved), "s")
+    assert killed.suggest("b") == {LS: drawn[1]}
+    _tune_saved(saved, "a", "b")  # Tune's state, uploaded after the searcher's
+
+    resumed = search.make_searcher(sweep, search.open_storage(url))
+    resumed.restore_from_dir(str(saved))
+    for trial in "ab":
+        resumed.on_trial_result(trial, {**done, search.TIME_ATTR: 1})
+        resumed.on_trial_complete(trial, done)
+    assert resumed.suggest("c") == {LS: drawn[2]}
+    study = optuna.load_study(study_name="older", storage=url)
+    assert [
+        (t.state, t.value, t.params[LS], t.intermediate_values) for t in study.get_trials()
+    ] == [
+        (TrialState.COMPLETE, 0.4, drawn[0], {1: 0.4, EPOCHS: 0.4}),
+        (TrialState.COMPLETE, 0.4, drawn[1], {1: 0.4, EPOCHS: 0.4}),
+        (TrialState.RUNNING, None, drawn[2], {}),
+    ]
 
 
 def test_remote_storage_needs_a_study_storage(tmp_path):
