@@ -532,7 +532,11 @@ def test_ray_internals_the_searcher_and_asha_rely_on():
         "_brackets": ("ray.tune.schedulers.ASHAScheduler", asha),
         "_metric_op": ("ray.tune.schedulers.ASHAScheduler", asha),
         "_rungs": ("ray.tune.schedulers.ASHAScheduler._brackets[0]", asha._brackets[0]),
+        "_storage": ("ray.tune.search.optuna.OptunaSearch", searcher),
+        "_study_name": ("ray.tune.search.optuna.OptunaSearch", searcher),
+        "_sampler": ("ray.tune.search.optuna.OptunaSearch", searcher),
         "_contains": ("optuna.distributions.FloatDistribution", dist),
+        "_trial_id": ("optuna.trial.FrozenTrial", optuna.trial.create_trial(value=0.0)),
     }
     used = _private_names_used(Path(search.__file__))
     assert used <= set(owners), (
