@@ -67,6 +67,13 @@ def _whole(data: bytes | None) -> bool:
         return False
 
 
+def _newest_state(names: list[str]) -> str | None:
+    """The experiment state among these file names that Tune resumes from: the newest by
+    name (Ray's own choice), None if there is none."""
+    states = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
+    return max(states) if states else None
+
+
 def repair(experiment_uri: str, where: str) -> str | None:
     """Put smotune's copy back over a cut-off newest experiment state; say what was done.
 
@@ -78,11 +85,9 @@ def repair(experiment_uri: str, where: str) -> str | None:
         infos = store.get_file_info(pafs.FileSelector(root))
     except (FileNotFoundError, OSError):
         return None
-    names = [i.base_name for i in infos if i.type == pafs.FileType.File]
-    states = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
-    if not states:
+    newest = _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
+    if newest is None:
         return None
-    newest = max(states)  # the one Tune resumes from (Ray's own choice)
     if _whole(_read(store, f"{root}/{newest}")):
         return None
     head, tail = TuneController.CKPT_FILE_TMPL.split("{}")
@@ -111,9 +116,9 @@ def trial_ids(dirpath: str) -> set[str]:
     the newest by name in the experiment folder, then downloads that folder into
     the driver staging folder it hands the searcher's ``restore_from_dir``.
     """
-    states = fnmatch.filter(os.listdir(dirpath), TuneController.CKPT_FILE_TMPL.format("*"))
-    if not states:
+    newest = _newest_state(os.listdir(dirpath))
+    if newest is None:
         raise FileNotFoundError(f"no Tune experiment state in {dirpath}")
-    with open(os.path.join(dirpath, max(states)), encoding="utf-8") as f:
+    with open(os.path.join(dirpath, newest), encoding="utf-8") as f:
         state = json.load(f)
     return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
