@@ -216,8 +216,8 @@ def _p_values(x, y, sx, sy, i, j) -> tuple[float, float, str]:
         cdf = _inversions_cdf(n)
         return min(1.0, float(cdf[int(np.sum(sx * sy < 0))])), float(cdf[0]), "exact"
     if n <= SMALL:
-        shuffled = x[_permutations(n)]
-        null = np.sum(np.sign(shuffled[:, i] - shuffled[:, j]) * sy, axis=1)
+        first, second = _permuted_pairs(n)  # each pair's runs after each reordering
+        null = np.sign(x[first] - x[second]) @ sy
         return (
             (1 + int(np.sum(null >= s))) / (1 + PERMUTATIONS),
             (1 + int(np.sum(null >= s_max))) / (1 + PERMUTATIONS),
@@ -243,9 +243,11 @@ def _inversions_cdf(n: int) -> np.ndarray:
 
 
 @functools.cache
-def _permutations(n: int) -> np.ndarray:
-    rng = np.random.default_rng(20261204 + n)
-    return np.argsort(rng.random((PERMUTATIONS, n)), axis=1)
+def _permuted_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``PERMUTATIONS`` fixed reorderings of n runs, the runs at each pair's two places."""
+    order = np.argsort(np.random.default_rng(20261204 + n).random((PERMUTATIONS, n)), axis=1)
+    i, j = np.triu_indices(n, 1)
+    return order[:, i], order[:, j]
 
 
 def _variance_s(x: np.ndarray, y: np.ndarray) -> float:
