@@ -59,10 +59,19 @@ def test_ties_are_counted_apart_and_tau_b_is_scipys():
     assert got.tau == pytest.approx(4 / 5)  # (C - D) / sqrt((6 - 1)(6 - 1))
 
 
-@pytest.mark.parametrize("final", [[1, 3, 2, 3, 6, 5, 8], [3, 6, 2, 3, 1, 8, 5]])  # p .014, .32
-def test_with_ties_the_permutation_p_is_the_full_enumerations(final):
-    x = np.array([2, 2, 2, 5, 5, 7, 9])  # rung values tied in two groups
-    y = np.array(final)  # final values with one tie
+GROUPS = [2, 2, 2, 5, 5, 7, 9]  # values tied in two groups
+
+
+@pytest.mark.parametrize(
+    "rung,final",
+    [
+        (GROUPS, [1, 3, 2, 3, 6, 5, 8]),  # ties at both epochs; p 0.014
+        (GROUPS, [3, 6, 2, 3, 1, 8, 5]),  # p 0.32, where counting S* > S instead of >= shows
+        ([3, 6, 2, 4, 1, 8, 5], GROUPS),  # ties at the final epoch only
+    ],
+)
+def test_with_ties_the_permutation_p_is_the_full_enumerations(rung, final):
+    x, y = np.array(rung), np.array(final)
     got = check(x, y)
     i, j = np.triu_indices(len(x), 1)
     sy = np.sign(y[i] - y[j])
