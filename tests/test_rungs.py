@@ -191,7 +191,7 @@ def test_agreement_under_the_null_is_said_at_most_alpha_of_the_time():
         assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / draws), (n, rate)
 
 
-@pytest.mark.parametrize("n,rho,least", [(6, 0.9, 0.5), (10, 0.9, 0.9), (12, 0.6, 0.5)])
+@pytest.mark.parametrize("n,rho,least", [(6, 0.9, 0.5), (10, 0.9, 0.9), (12, 0.6, 0.45)])
 def test_a_rung_that_tracks_the_final_order_is_said_to_agree(n, rho, least):
     """Power, so a check that never says "agrees" cannot pass the null test above: 400 draws
     of rung = rho * final + noise; bench/rung_check.py measures the whole table (the floors
