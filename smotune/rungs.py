@@ -125,10 +125,7 @@ def check_rung(
     tied_x, tied_y = int(np.sum(sx == 0)), int(np.sum(sy == 0))
     denom = math.sqrt((pairs - tied_x) * (pairs - tied_y))
     p_value, min_p, method = _p_values(x, y, sx, sy, i, j)
-    if min_p > ALPHA:
-        judgement = TOO_FEW
-    else:
-        judgement = AGREES if p_value <= ALPHA else CHANCE
+    judgement = TOO_FEW if min_p > ALPHA else AGREES if p_value <= ALPHA else CHANCE
     return RungCheck(
         epoch=epoch,
         final_epoch=final_epoch,

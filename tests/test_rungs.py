@@ -111,6 +111,12 @@ def test_judgements_at_their_edges():
     three_d = check([2, 3, 4, 1, 5, 6], [1, 2, 3, 4, 5, 6])
     assert three_d.discordant == 3 and three_d.p_value == pytest.approx(49 / 720)
     assert three_d.judgement == rungs.CHANCE
+    # ties: the rung order that agrees best is one of 4!/(2!2!) = 6 (p 1/6), of 5!/2! = 60
+    paired = check([1, 1, 2, 2], [1, 2, 3, 4])
+    assert paired.judgement == rungs.TOO_FEW and abs(paired.min_p - 1 / 6) < 0.03
+    one_tie = check([1, 1, 2, 3, 4], [1, 2, 3, 4, 5])
+    assert one_tie.judgement == rungs.AGREES and abs(one_tie.min_p - 1 / 60) < 0.01
+    assert check([4, 3, 2, 1, 1], [1, 2, 3, 4, 5]).judgement == rungs.CHANCE  # judged, reversed
     at_chance = check([8 / 384] * 10, np.arange(10) / 10)  # every run tied at the rung
     assert at_chance.judgement == rungs.TOO_FEW and math.isnan(at_chance.tau)
     assert check([], []).judgement == rungs.TOO_FEW
