@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from smotune.config import DIST_KINDS, Distribution
+from smotune.rungs import rung_epochs
 from smotune.space import to_optuna
 
 log = logging.getLogger(__name__)
@@ -146,17 +147,6 @@ class _NoInMemoryStudyLine(logging.Filter):
 
 # Optuna logs "A new study created in memory" for each study: one per drawing, noise in a sweep.
 logging.getLogger("optuna.storages._in_memory").addFilter(_NoInMemoryStudyLine())
-
-
-def rung_epochs(grace: int, reduction: float, epochs: int) -> list[float]:
-    """The epochs at which ASHA (Ray's, one bracket) compares trials, below the last epoch.
-
-    Ray's ``_Bracket``: ``grace * reduction**k`` for ``k < int(log(max_t/grace)/log(reduction)
-    + 1)``; ``tests/test_plots.py`` checks this against Ray's own scheduler.
-    """
-    grace = min(grace, epochs)
-    count = int(math.log(epochs / grace) / math.log(reduction) + 1)
-    return [grace * reduction**k for k in range(count) if grace * reduction**k < epochs]
 
 
 def _figure(width: float = 8.0, height: float = 4.8) -> Figure:
