@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from smotune.errors import UserError
 
@@ -198,6 +206,29 @@ class Distribution(_Strict):
 class ConfirmConfig(_Strict):
     top: int = Field(1, ge=1, description="how many of the best completed configs to re-run")
     seeds: int = Field(3, ge=2, description="new seeds per config (and for the baseline)")
+    max_seeds: int | None = Field(
+        None,
+        ge=2,
+        le=100,
+        description="race: after `seeds`, one more seed a round for the configs still racing, "
+        "up to this many (default: `seeds`, no racing)",
+    )
+    min_gain: float = Field(
+        0.0, ge=0.0, description="the gain over the baseline (metric's units) worth claiming"
+    )
+
+    @field_validator("max_seeds")
+    @classmethod
+    def _race(cls, value: int | None, info: ValidationInfo) -> int | None:
+        seeds = info.data.get("seeds")
+        if value is not None and seeds is not None and value < seeds:
+            raise ValueError(f"must be at least search.confirm.seeds ({seeds}), got {value}")
+        return value
+
+    @property
+    def most_seeds(self) -> int:
+        """The most seeds a config runs (``max_seeds``, or ``seeds`` without racing)."""
+        return self.max_seeds if self.max_seeds is not None else self.seeds
 
 
 class SearchConfig(_Strict):

@@ -1,18 +1,23 @@
-"""Confirming a search's winner over seeds, and the sweep's verdict.
+"""Confirming a search's winners over seeds: which configs, which seeds, and what they say.
 
 After the search, the baseline (``train:`` as written) and the ``search.confirm.top``
-best completed configs of the study each run ``search.confirm.seeds`` new seeds
-(``train.seed + 1``, ``+ 2``, ...), all epochs, no early stop. A seed varies
-everything random in a run: the model's init, the shard and sample order, the
-augmentation, the LaCLIP caption choice and dropout (all derive from
-``train.seed``).
+best completed configs of the study run new seeds (``train.seed + 1``, ``+ 2``,
+...), all epochs, no early stop. A seed varies everything random in a run: the
+model's init, the shard and sample order, the augmentation, the LaCLIP caption
+choice and dropout (all derive from ``train.seed``). Every config runs the same
+seeds, so the verdict compares them seed by seed (:mod:`smotune.stats`).
 
 Only the new seeds count: the search picked its winners by their score at the
-search seed, so that score is biased upwards (the winner's curse). The verdict
-compares the best config's mean with the baseline's: ``beats_baseline`` when the
-difference is more than two standard errors of the difference
-(``sqrt(s_a²/n_a + s_b²/n_b)``), ``within_noise`` when it is not, and
-``baseline_best`` when no config's mean beats the baseline's.
+search seed, so that score is biased upwards (the winner's curse).
+
+The confirm phase runs in rounds (:mod:`smotune.confirm_run`): the first runs
+``seeds`` seeds of every config; with ``max_seeds`` (racing), each later round
+runs one more seed of the baseline and of each rival still racing, until the
+verdict is decided or ``max_seeds`` is reached. :func:`judge` replays the race
+from the values alone, so a resumed sweep takes up the race where it was.
+
+The verdict decides ``best.yaml``: the winner when a rival beats the baseline,
+otherwise the baseline (nothing was shown to be better than it).
 """
 
 from __future__ import annotations
@@ -22,21 +27,22 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
+import numpy as np
 
+from smotune import stats
 from smotune.config import SweepConfig
-from smotune.search import ATTR_TUNE_TRIAL, ATTR_WARM_START
-from smotune.space import default_point
 
 BASELINE = "baseline"
-BEATS_BASELINE = "beats_baseline"
-WITHIN_NOISE = "within_noise"
-BASELINE_BEST = "baseline_best"
+BEATS_BASELINE, NO_GAIN, NOT_DECIDED = stats.BEATS_BASELINE, stats.NO_GAIN, stats.NOT_DECIDED
 VERDICT_WORDS = {
-    BEATS_BASELINE: "the best config beats the baseline by more than the seed noise",
-    WITHIN_NOISE: "the best config's gain over the baseline is within the seed noise",
-    BASELINE_BEST: "no searched config beat the baseline's mean",
+    BEATS_BASELINE: "a searched config beats the baseline",
+    NO_GAIN: "no searched config gains over the baseline",
+    NOT_DECIDED: "the seeds run cannot tell the best searched config from the baseline",
+}
+ERROR_WORDS = {
+    BEATS_BASELINE: "said when no config is better at most 5% of the time",
+    NO_GAIN: "said of a config that does gain at most 5% of the time",
+    NOT_DECIDED: "no claim",
 }
 
 
@@ -62,14 +68,35 @@ class Group:
         return statistics.stdev(self.values.values()) if self.n >= 2 else math.nan
 
 
-def seeds(sweep: SweepConfig) -> list[int]:
-    """The new seeds each confirmed config runs."""
-    assert sweep.search.confirm is not None
-    return [sweep.train.seed + i for i in range(1, sweep.search.confirm.seeds + 1)]
+@dataclass(frozen=True)
+class Plan:
+    """The confirm phase's seeds and race, as :func:`judge` needs them."""
+
+    seeds: tuple[int, ...]  # every seed a config may run, in order
+    first: int  # seeds every config runs in round one (``search.confirm.seeds``)
+    last: int  # the most seeds a config runs (``max_seeds``; ``first``: no racing)
+    min_gain: float = 0.0
+    mode: str = "max"
+
+    @classmethod
+    def of(cls, sweep: SweepConfig) -> Plan:
+        c = sweep.search.confirm
+        assert c is not None
+        seeds = tuple(sweep.train.seed + i for i in range(1, c.most_seeds + 1))
+        return cls(seeds, c.seeds, c.most_seeds, c.min_gain, sweep.search.mode)
+
+    def design(self, rivals: int) -> stats.Design:
+        return stats.Design(rivals, self.first, self.last, min_gain=self.min_gain)
 
 
-def choose_groups(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> list[Group]:
+def choose_groups(sweep: SweepConfig, storage: Any) -> list[Group]:
     """The baseline, then the top completed configs of this sweep's study (best first)."""
+    import optuna  # the study: only where the confirm phase starts
+    from optuna.trial import TrialState
+
+    from smotune.search import ATTR_TUNE_TRIAL, ATTR_WARM_START
+    from smotune.space import default_point
+
     assert sweep.search.confirm is not None
     baseline = Group(BASELINE, default_point(sweep))
     study = optuna.load_study(study_name=sweep.name, storage=storage)
@@ -116,54 +143,187 @@ def collect(groups: list[Group], results: list[tuple[dict[str, Any], dict[str, A
 
 
 @dataclass(frozen=True)
-class Verdict:
-    verdict: str | None  # None: too few finished seeds to judge
-    baseline: Group
-    best: Group
-    diff: float  # rival - baseline, in the objective's direction (positive = better)
-    se: float  # standard error of that difference
-    rival: Group | None = None  # the best searched config (the best, unless the baseline is)
+class Comparison:
+    """One rival against the baseline, at its last look (:class:`smotune.stats.Race`)."""
 
-    def words(self, metric: str) -> str:
-        if self.verdict is None:
-            return "no verdict: fewer than two finished seeds for the baseline or the best config"
-        words = f"verdict: {self.verdict} ({VERDICT_WORDS[self.verdict]})"
-        if self.rival is None:
-            return words
+    group: Group
+    gain: float  # mean per-seed difference, positive = better than the baseline
+    lower: float
+    upper: float
+    p: float  # one-sided paired-t p-value times the number of rivals
+    p_needed: float  # p had to be at or below this for a claim at that look
+    sd: float  # of the per-seed differences
+    pairs: int  # seeds where both runs finished
+    runs: int  # seeds the rival ran
+    claimed: bool
+    dropped: bool  # left the race behind the baseline
+
+    @property
+    def df(self) -> int:
+        return max(self.pairs - 1, 0)
+
+    def interval(self) -> str:
+        return f"{self.gain:+.4f} [{self.lower:+.4f}, {self.upper:+.4f}]"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the confirm runs say: the verdict, each rival's comparison, the config chosen."""
+
+    verdict: str | None  # None: nothing to compare (no searched config, or no finished pair)
+    groups: list[Group]
+    design: stats.Design | None
+    comparisons: list[Comparison]
+    decided: bool  # the race is over (no more seeds would be run)
+    base_runs: int = 0  # seeds the baseline ran
+
+    @property
+    def baseline(self) -> Group:
+        return self.groups[0]
+
+    @property
+    def winner(self) -> Comparison | None:
+        claimed = [c for c in self.comparisons if c.claimed]
+        return max(claimed, key=lambda c: c.gain) if claimed else None
+
+    @property
+    def chosen(self) -> Group:
+        """The config ``best.yaml`` holds: the winner, else the baseline."""
+        winner = self.winner
+        return winner.group if winner is not None else self.baseline
+
+    @property
+    def shown(self) -> Comparison | None:
+        """The comparison the words are about: the winner, else the rival with the best gain."""
+        if self.winner is not None:
+            return self.winner
+        judged = [c for c in self.comparisons if math.isfinite(c.gain)]
+        return max(judged, key=lambda c: c.gain) if judged else None
+
+    @property
+    def racing(self) -> list[Group]:
+        """The rivals that run the next round's seed (none once decided)."""
+        if self.decided:
+            return []
+        return [c.group for c in self.comparisons if not c.dropped]
+
+    @property
+    def seeds_to_decide(self) -> int | None:
+        shown = self.shown
+        if self.verdict != NOT_DECIDED or shown is None or self.design is None:
+            return None
+        return stats.seeds_to_decide(shown.gain, shown.sd, self.design)
+
+    def race_line(self, metric: str) -> str:
+        """After a round of a race: each rival's gain so far, and who runs the next seed."""
+        parts = []
+        for c in self.comparisons:
+            gain = c.interval() if math.isfinite(c.gain) else "no finished pair"
+            parts.append(f"{c.group.label} {gain} {race_state(c, self)}")
+        after = (
+            f"next: seed {self.base_runs + 1} of the baseline and "
+            + ", ".join(g.label for g in self.racing)
+            if self.racing
+            else "the race is over"
+        )
         return (
-            f"{words}: best searched config {self.rival.label} "
-            f"{metric} {self.rival.mean:.4f} ± {self.rival.std:.4f} vs baseline "
-            f"{self.baseline.mean:.4f} ± {self.baseline.std:.4f} over {self.rival.n} and "
-            f"{self.baseline.n} seeds; difference {self.diff:+.4f}, noise band ± {2 * self.se:.4f} "
-            "(two standard errors)"
+            f"[confirm] after {self.base_runs} seeds, {metric} gain over the baseline: "
+            + "; ".join(parts)
+            + f"; {after}"
         )
 
+    def words(self, metric: str) -> str:
+        """The verdict as one paragraph: what is claimed, on what numbers, what best.yaml is."""
+        if self.verdict is None:
+            return (
+                "no verdict: no searched config apart from the baseline finished its confirm "
+                "runs; best.yaml is the baseline"
+            )
+        shown, design = self.shown, self.design
+        assert shown is not None and design is not None
+        gain = f"{metric} gain over the baseline"
+        floor = f" (min_gain {design.min_gain:g})" if design.min_gain else ""
+        numbers = (
+            f"{shown.group.label}: {gain} {shown.interval()} over {shown.pairs} paired seeds, "
+            f"p {shown.p:.3g} (needed <= {shown.p_needed:.3g})"
+        )
+        if self.verdict == BEATS_BASELINE:
+            head = f"verdict: {BEATS_BASELINE} ({ERROR_WORDS[BEATS_BASELINE]}): {numbers}"
+            tail = f"best.yaml is {shown.group.label}"
+        elif self.verdict == NO_GAIN:
+            head = (
+                f"verdict: {NO_GAIN}{floor}: every searched config's bound is below "
+                f"{design.min_gain:g} ({ERROR_WORDS[NO_GAIN]}); best of them {numbers}"
+            )
+            tail = "best.yaml is the baseline"
+        else:
+            need = self.seeds_to_decide
+            how = (
+                f"deciding a gain of {abs(shown.gain - design.min_gain):.4f} at 80% power "
+                f"would take about {need} seeds a config"
+                if need is not None
+                else "no number of seeds would decide it at these values"
+            )
+            head = f"verdict: {NOT_DECIDED}{floor}: best searched config {numbers}; {how}"
+            tail = "best.yaml is the baseline (nothing was shown better)"
+        dropped = [c for c in self.comparisons if c.dropped]
+        left = (
+            "; dropped behind the baseline: "
+            + ", ".join(f"{c.group.label} after {c.runs} seeds" for c in dropped)
+            if dropped
+            else ""
+        )
+        return f"{head}{left}; {tail}"
 
-def verdict(groups: list[Group], mode: str) -> Verdict:
-    """Compare the config with the best mean over seeds against the baseline."""
-    sign = 1.0 if mode == "max" else -1.0
-    baseline = groups[0]
-    judged = [g for g in groups if g.n >= 2]
-    if baseline.n < 2 or not judged:
-        return Verdict(None, baseline, baseline, math.nan, math.nan)
-    rivals = [g for g in judged if g is not baseline]
-    if not rivals:  # no searched config finished two seeds
-        return Verdict(BASELINE_BEST, baseline, baseline, math.nan, math.nan)
-    rival = max(rivals, key=lambda g: sign * g.mean)
-    diff = sign * (rival.mean - baseline.mean)
-    se = math.sqrt(rival.std**2 / rival.n + baseline.std**2 / baseline.n)
-    if diff <= 0:  # a tie goes to the baseline
-        return Verdict(BASELINE_BEST, baseline, baseline, diff, se, rival)
-    return Verdict(
-        BEATS_BASELINE if diff > 2 * se else WITHIN_NOISE, baseline, rival, diff, se, rival
-    )
+
+def judge(groups: list[Group], plan: Plan, upto: int | None = None) -> Verdict:
+    """The verdict of the confirm values so far: the race replayed over the first ``upto``
+    seeds of ``plan`` (default: up to the last seed any group has a value for)."""
+    if len(groups) < 2:
+        return Verdict(None, groups, None, [], True)
+    d = plan.design(len(groups) - 1)
+    if upto is None:
+        seen = {s for g in groups for s in g.values}
+        upto = max((i + 1 for i, s in enumerate(plan.seeds) if s in seen), default=0)
+    if upto < 2:
+        return Verdict(None, groups, d, [], False)
+    y = np.array([[[g.values.get(s, math.nan) for s in plan.seeds[:upto]] for g in groups]])
+    r = stats.race(y, d, sign=1.0 if plan.mode == "max" else -1.0)
+    comparisons = [
+        Comparison(
+            g,
+            *(float(getattr(r, f)[0, i]) for f in ("gain", "lower", "upper", "p", "p_needed")),
+            sd=float(r.sd[0, i]),
+            pairs=int(r.pairs[0, i]),
+            runs=int(r.runs[0, i]),
+            claimed=bool(r.claimed[0, i]),
+            dropped=bool(r.dropped[0, i]),
+        )
+        for i, g in enumerate(groups[1:])
+    ]
+    verdict = str(r.verdict[0]) if any(c.pairs >= 2 for c in comparisons) else None
+    return Verdict(verdict, groups, d, comparisons, bool(r.decided[0]), int(r.base_runs[0]))
 
 
-def format_table(groups: list[Group], metric: str) -> str:
-    """One line per confirmed config: its values, seeds, mean ± std and its search-seed score."""
+def race_state(c: Comparison, verdict: Verdict) -> str:
+    """Where the race left a rival: claimed, dropped behind the baseline, racing, or done."""
+    if c.claimed:
+        return "claimed"
+    if c.dropped:
+        return f"dropped behind at {c.runs} seeds"
+    return "racing" if not verdict.decided else f"ran {c.runs} seeds"
+
+
+def format_table(verdict: Verdict, metric: str) -> str:
+    """One line per confirmed config: seeds, mean ± std, search-seed score, and for each rival
+    its gain over the baseline with the interval and where the race left it."""
+    groups = verdict.groups
+    by_label = {c.group.label: c for c in verdict.comparisons}
     head = ["config", *(p.rsplit(".", 1)[-1] for p in groups[0].params), "seeds", "mean", "std"]
-    rows = [head + ["search"]]
+    rows = [head + ["search", "gain [interval]", "race"]]
     for g in groups:
+        c = by_label.get(g.label)
+        race = "baseline" if c is None else race_state(c, verdict)
         rows.append(
             [
                 g.label,
@@ -172,11 +332,15 @@ def format_table(groups: list[Group], metric: str) -> str:
                 _fmt(g.mean),
                 _fmt(g.std),
                 "-" if g.search_value is None else _fmt(g.search_value),
+                "-" if c is None or not math.isfinite(c.gain) else c.interval(),
+                race,
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return f"confirmed over new seeds ({metric}):\n" + "\n".join(lines)
+    return f"confirmed over new seeds ({metric}; gain per seed vs the baseline):\n" + "\n".join(
+        lines
+    )
 
 
 def _fmt(value: Any) -> str:

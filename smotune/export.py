@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def best_config(record: tracking.TrialRecord) -> TrainConfig:
                 "the run was changed after the sweep; export from an unchanged run",
             )
     return cfg
+
+
+def _comment(text: str, width: int = 98) -> str:
+    """``text`` as YAML comment lines."""
+    return "".join(f"# {line}\n" for line in textwrap.wrap(text, width) or [""])
+
+
+def _mean_std(info: dict[str, Any], who: str) -> str:
+    mean = info.get(f"{who}_top1_mean", float("nan"))
+    std = info.get(f"{who}_top1_std", float("nan"))
+    return f"{mean:.4f} ± {std:.4f}"
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -177,24 +189,32 @@ def export_best(
     }
     cfg = apply(swept, overrides, where="command line") if overrides else swept
     path = Path(out)
+    verdict = sweep_info.get(tracking.TAG_VERDICT)
+    confirmed = verdict not in (None, "none")
+    header = f"# {note}\n" if note else ""  # one line: the command that finishes the sweep
+    if confirmed and sweep_info.get(tracking.TAG_DESCRIPTION):
+        header += _comment(f"sweep {experiment!r}, {sweep_info[tracking.TAG_DESCRIPTION]}")
     try:
-        path.write_text((f"# {note}\n" if note else "") + dump_train(cfg))
+        path.write_text(header + dump_train(cfg))
     except OSError as err:
         raise UserError(
             str(path), "", f"cannot write ({err.strerror})", "choose another --out"
         ) from None
 
-    head = (
-        f"wrote {path}: trial {record.trial_id} (MLflow run {record.run_id}) of "
-        f"{experiment!r}, {_metrics_text(record.metrics)}"
-    )
-    if tracking.TAG_VERDICT in sweep_info:
-        head += (
-            f"; confirmed over seeds: mean {sweep_info.get('best_top1_mean', float('nan')):.4g} "
-            f"± {sweep_info.get('best_top1_std', float('nan')):.4g} "
-            f"(baseline {sweep_info.get('baseline_top1_mean', float('nan')):.4g} "
-            f"± {sweep_info.get('baseline_top1_std', float('nan')):.4g}), "
-            f"verdict {sweep_info[tracking.TAG_VERDICT]}"
+    one_run = f"MLflow run {record.run_id}: {_metrics_text(record.metrics)}"
+    if confirmed:
+        chosen = sweep_info.get(tracking.TAG_BEST_TRIAL, record.trial_id)
+        seeds = sweep_info.get(tracking.SEEDS_PREFIX + chosen, float("nan"))
+        head = (
+            f"wrote {path}: {chosen}, verdict {verdict}; confirmed over {seeds:.0f} new seeds: "
+            f"{sweep_info[tracking.OBJECTIVE]} {_mean_std(sweep_info, 'best')} (baseline "
+            f"{_mean_std(sweep_info, 'baseline')}); the config of its seed "
+            f"{record.params.get('seed')} run ({one_run})"
+        )
+    else:
+        head = (
+            f"wrote {path}: trial {record.trial_id} of {experiment!r}, one run at one seed, "
+            f"not confirmed over seeds ({one_run})"
         )
     notes = _override_notes(swept, cfg) + ([note] if note else [])
     if fmt == "yaml":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smotune import plots
+from smotune import confirm, plots
 from smotune.errors import UserError, redact
 
 PAGE = "index.html"
@@ -80,69 +80,66 @@ def summary_table(data: plots.SweepData) -> str:
     return _table(head, rows, numeric)
 
 
-def confirm_groups(data: plots.SweepData) -> list[Any]:
-    """The confirm phase's configs as :class:`smotune.confirm.Group` (baseline first), filled
-    with the seeds that completed, each with its score at the search seed when it has one."""
-    from smotune import confirm  # imports Ray (through search): only when there is a verdict
-
-    groups = []
+def confirm_verdict(data: plots.SweepData) -> confirm.Verdict | None:
+    """The verdict recomputed from the confirm runs (the plot's), each group with its
+    searched values and its score at the search seed when it has one."""
+    found = plots.confirm_verdict(data)
+    if found is None:
+        return None
     by_label = {t.label: t for t in data.trials}
-    for label in dict.fromkeys(s.group for s in sorted(data.seeds, key=_baseline_first)):
-        params = next(s.params for s in data.seeds if s.group == label)
-        trial = by_label.get(label)
+    for group in found.groups:
+        group.params = next(s.params for s in data.seeds if s.group == group.label)
+        trial = by_label.get(group.label)
         if trial is None:  # the baseline: the search trial that ran its values, if one did
-            trial = next((t for t in data.trials if t.params == params), None)
-        score = trial.value if trial is not None and trial.status == "completed" else None
-        groups.append(confirm.Group(label, params, search_value=score))
-    values = plots.seed_groups(data)
-    for group in groups:
-        group.values.update(values.get(group.label, {}))
-    return groups
+            trial = next((t for t in data.trials if t.params == group.params), None)
+        if trial is not None and trial.status == "completed":
+            group.search_value = trial.value
+    return found
 
 
-def _baseline_first(seed: plots.SeedData) -> tuple[bool, str]:
-    return (seed.group != plots.BASELINE, seed.group)
-
-
-def verdict_text(data: plots.SweepData, groups: list[Any]) -> str:
+def verdict_text(data: plots.SweepData, found: confirm.Verdict | None) -> str:
     """The verdict as the sweep printed it (recomputed from the confirm runs; the parent's tag
     when the two differ, e.g. runs deleted since)."""
-    from smotune import confirm
-
     if data.verdict is None:
         best = f"; the best search trial is {data.best_trial}" if data.best_trial else ""
         return (
             "no verdict: the sweep has no finished confirm phase (search.confirm), so its best "
             f"is one run at one seed{best}"
         )
-    if groups:
-        found = confirm.verdict(groups, data.mode)
-        if found.verdict == data.verdict:
-            return found.words(data.metric)
+    if found is not None and found.verdict == data.verdict:
+        return found.words(data.metric)
     words = confirm.VERDICT_WORDS.get(data.verdict, "")
     return f"verdict: {data.verdict}" + (f" ({words})" if words else "")
 
 
-def confirm_table(data: plots.SweepData, groups: list[Any]) -> str:
+def confirm_table(data: plots.SweepData, found: confirm.Verdict) -> str:
     paths = list(data.space)
+    by_label = {c.group.label: c for c in found.comparisons}
     head = ["config", *paths, "seeds", f"mean {data.metric}", "std", "search seed"]
-    rows = [
-        [
-            g.label,
-            *(_cell(g.params.get(p, "-")) for p in paths),
-            str(g.n),
-            _num(g.mean),
-            _num(g.std),
-            _num(g.search_value),
-        ]
-        for g in groups
-    ]
-    return _table(head, rows, set(range(1, len(paths) + 5)))
+    head += ["gain over baseline [interval]", "p (needed)", "race"]
+    rows = []
+    for g in found.groups:
+        c = by_label.get(g.label)
+        judged = c is not None and c.pairs >= 2
+        rows.append(
+            [
+                g.label,
+                *(_cell(g.params.get(p, "-")) for p in paths),
+                str(g.n),
+                _num(g.mean),
+                _num(g.std),
+                _num(g.search_value),
+                c.interval() if judged else "-",
+                f"{c.p:.3g} ({c.p_needed:.3g})" if judged else "-",
+                confirm.race_state(c, found) if c is not None else "baseline",
+            ]
+        )
+    return _table(head, rows, set(range(1, len(paths) + 7)))
 
 
 def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: str) -> str:
     """The report's HTML: plots referenced as ``plots/<file>``."""
-    groups = confirm_groups(data) if data.seeds else []
+    found = confirm_verdict(data) if data.seeds else None
     statuses = [t.status for t in data.trials]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     space = "; ".join(f"{p}: {_esc(e)}" for p, e in data.space.items())
@@ -162,16 +159,19 @@ def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: 
         f"<p>objective: {_esc(data.mode)} <b>{_esc(data.metric)}</b> over {data.epochs} epochs; "
         f"{_esc(asha)}; searched: {space or 'nothing'}</p>",
         "<h2>Verdict</h2>",
-        f"<p class='verdict'>{_esc(verdict_text(data, groups))}</p>",
+        f"<p class='verdict'>{_esc(verdict_text(data, found))}</p>",
         f"<h2>Search trials ({len(data.trials)}: {_esc(counts or 'none')})</h2>",
         summary_table(data),
     ]
-    if groups:
+    if found is not None:
+        method = found.design.method if found.design is not None else ""
         parts += [
             f"<h2>Confirmed over new seeds ({_esc(data.metric)})</h2>",
-            "<p class='muted'>Only the new seeds count in the mean; the search seed's score "
-            "of a winner is biased upwards by the selection.</p>",
-            confirm_table(data, groups),
+            "<p class='muted'>Every config ran the same new seeds; each rival is judged on its "
+            "per-seed differences from the baseline. Only the new seeds count: the search "
+            f"seed's score of a winner is biased upwards by the selection. Method: "
+            f"{_esc(method)}.</p>",
+            confirm_table(data, found),
         ]
     parts.append("<h2>Plots</h2>")
     for name in rendered.files:

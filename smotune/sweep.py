@@ -9,15 +9,14 @@
   drivers ask for no CPU, only a ``trial_driver`` slot, so trials never starve
   their own Train workers on a small machine.
 - With ``search.confirm``, the baseline and the top configs then re-run over new
-  seeds in a second Tuner (``<name>-confirm``, no early stop), and the verdict
-  (``confirm.py``) decides ``best.yaml``.
+  shared seeds, in rounds when they race (``confirm_run.py``), and the verdict
+  (``confirm.py`` over ``stats.py``) decides ``best.yaml``.
 - ``--resume`` restores whichever Tuner was interrupted; the MLflow callback
   re-attaches to the same parent and child runs.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -29,30 +28,23 @@ from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
 
-from smotune import confirm, console, ray_cluster, search, tracking, trial, tune_state
+from smotune import (
+    confirm,
+    confirm_run,
+    console,
+    ray_cluster,
+    search,
+    tracking,
+    trial,
+    tune_state,
+    tuners,
+)
 from smotune.config import SweepConfig, flatten
 from smotune.errors import UserError, redact
 from smotune.space import optuna_space
 
 SWEEP_RECORD = "smotune-sweep.json"
-CONFIRM_SUFFIX = "-confirm"  # the confirm phase's Tuner: <name>-confirm beside <name>
-
-
-def experiment_path(sweep: SweepConfig) -> str:
-    base = trial.storage_uri(sweep.storage.path)
-    return f"{base.rstrip('/')}/{sweep.name}"
-
-
-def _trainable(sweep: SweepConfig):
-    fn = tune.with_parameters(
-        trial.trial_fn,
-        sweep=sweep,
-        base_dir=os.getcwd(),
-        storage=f"{experiment_path(sweep)}/train",
-    )
-    return tune.with_resources(fn, trial.TRIAL_RESOURCES)
 
 
 def _fs_path(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -161,7 +153,7 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
     tracking.check_tracking(sweep.tracking.uri, experiment=sweep.experiment)
     if not optuna_space(sweep):
         raise UserError(where, "space", "has nothing to search", "add a distribution")
-    path = experiment_path(sweep)
+    path = tuners.experiment_path(sweep)
     restorable = tune.Tuner.can_restore(path)
     if resume and not restorable:
         raise UserError(
@@ -179,43 +171,12 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
         )
     if resume:
         _check_unchanged(sweep, path, where)
-        for experiment in (path, f"{path}{CONFIRM_SUFFIX}"):  # the search's and confirm's Tuner
-            repaired = tune_state.repair(experiment, where)
+        for name in (sweep.name, *confirm_run.round_names(sweep)):  # search's, confirm's rounds
+            repaired = tune_state.repair(tuners.experiment_path(sweep, name), where)
             if repaired:
                 print(repaired)
     _write_record(sweep, path, where, resume)
     return path
-
-
-def _tuner(
-    sweep, name, search_alg, scheduler, num_samples, callbacks, resume, verbose, param_space=None
-):
-    """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored.
-
-    Tune's own result tables only with ``verbose``; ``callbacks`` (the MLflow one and the
-    console) come back with a restored Tuner from its saved state."""
-    path = f"{trial.storage_uri(sweep.storage.path).rstrip('/')}/{name}"
-    if resume and tune.Tuner.can_restore(path):
-        # the MLflow callback comes back from the experiment state, re-attached to its runs
-        return tune.Tuner.restore(path, trainable=_trainable(sweep), resume_errored=False)
-    return tune.Tuner(
-        _trainable(sweep),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=None if param_space else sweep.search.concurrent,
-            time_budget_s=sweep.search.time_budget,
-            reuse_actors=False,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=trial.storage_uri(sweep.storage.path),
-            callbacks=callbacks,
-            verbose=1 if verbose else 0,
-        ),
-    )
 
 
 @dataclass
@@ -260,7 +221,7 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         tracking.TAG_SWEEP_PATH: path,
     }
     scheduler = search.make_scheduler(sweep, study_url)
-    grid = _tuner(
+    grid = tuners.make(
         sweep,
         sweep.name,
         search.make_searcher(sweep, study_storage),
@@ -273,20 +234,20 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         resume,
         verbose,
     ).fit()
-    finished = _ended(grid, sweep.search.samples)
+    finished = tuners.ended(grid, sweep.search.samples)
     parent_id = tracking.sweep_parent_id(sweep.tracking.uri, sweep.experiment, path)
     confirmed = None
     if sweep.search.confirm is not None and finished:
-        confirmed = _confirm(sweep, text, study_storage, parent_id, resume, verbose)
+        confirmed = confirm_run.run(sweep, text, study_storage, parent_id, resume, verbose)
         finished = confirmed is not None
     budget = sweep.search.time_budget
     interrupted = not finished and not (budget and time.monotonic() - started >= budget)
     rows = tracking.sweep_summary(sweep, parent_id)
     print(format_summary([r for r in rows if r["phase"] == tracking.PHASE_SEARCH], sweep))
+    if confirmed is not None and len(confirmed.groups) > 1:
+        print(confirm.format_table(confirmed, sweep.search.metric))
     if confirmed is not None:
-        groups, verdict = confirmed
-        print(confirm.format_table(groups, sweep.search.metric))
-        print(verdict.words(sweep.search.metric))
+        print(confirmed.words(sweep.search.metric))
     partial = None
     if not finished:
         why = "interrupted" if interrupted else "out of search.time_budget"
@@ -295,70 +256,6 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
     print(_write_best(sweep, partial))
     print(_where_to_look(sweep))
     return Outcome(rows, finished, interrupted)
-
-
-def _ended(grid: Any, expected: int) -> bool:
-    """Whether every trial a Tuner was to run has ended (finished or failed).
-
-    Tune's count alone is not enough: Ctrl-C ends the running trial and a PENDING one
-    TERMINATED too (seen in test_sweep's Ctrl-C test). A trial really ended has an error,
-    or a last result Tune marked ``done`` (its function returned, or the scheduler
-    stopped it); a Ctrl-C'd one keeps its last epoch's result, not done, or none at all.
-    """
-    ran = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
-    return grid.num_terminated + grid.num_errors >= expected and ran >= expected
-
-
-def _confirm(
-    sweep: SweepConfig, text: str, study_storage: Any, parent_id: str, resume: bool, verbose: bool
-) -> tuple[list[confirm.Group], confirm.Verdict] | None:
-    """Re-run the baseline and the top configs over new seeds; log and return the verdict.
-
-    None if the confirm phase was interrupted before all its runs ended.
-    """
-    groups = confirm.choose_groups(sweep, study_storage)
-    points = confirm.points(groups, confirm.seeds(sweep))
-    label = functools.partial(_label, groups)  # a confirm run's group, for MLflow and the console
-    callback = tracking.MlflowSweepCallback(
-        sweep,
-        text,
-        phase=tracking.PHASE_CONFIRM,
-        parent_run_id=parent_id,
-        confirm_labels=label,
-    )
-    shown = console.SweepConsole(sweep, len(points), "confirm", label=label)
-    results = _tuner(
-        sweep,
-        f"{sweep.name}{CONFIRM_SUFFIX}",
-        tune_state.KeptVariantGenerator(
-            points_to_evaluate=points, max_concurrent=sweep.search.concurrent
-        ),
-        FIFOScheduler(),
-        len(points),
-        [callback, shown],
-        resume,
-        verbose,
-        param_space=dict.fromkeys(points[0]),  # the keys the preset points fill in
-    ).fit()
-    if not _ended(results, len(points)):
-        return None
-    finished = [(r.config, r.metrics or {}) for r in results if r.error is None]
-    confirm.collect(groups, finished, sweep)
-    verdict = confirm.verdict(groups, sweep.search.mode)
-    tracking.log_verdict(
-        sweep.tracking.uri,
-        parent_id,
-        verdict.verdict,
-        (verdict.baseline.mean, verdict.baseline.std),
-        (verdict.best.mean, verdict.best.std),
-        verdict.best.label,
-    )
-    return groups, verdict
-
-
-def _label(groups: list[confirm.Group], config: dict[str, Any]) -> str:
-    group = confirm.group_of(groups, config)
-    return group.label if group is not None else "unknown"
 
 
 def _write_best(sweep: SweepConfig, partial: str | None) -> str:

@@ -129,6 +129,16 @@ def test_valid_sweep_file(tmp_path):
             "greater than or equal to 2",
         ),
         (
+            lambda d: d["search"].update(confirm={"seeds": 3, "max_seeds": 2}),
+            "search.confirm.max_seeds",
+            "must be at least search.confirm.seeds (3), got 2",
+        ),
+        (
+            lambda d: d["search"].update(confirm={"seeds": 3, "min_gain": -0.01}),
+            "search.confirm.min_gain",
+            "greater than or equal to 0",
+        ),
+        (
             lambda d: d["train"]["data"].update(train="/nonexistent/train-{0..3}.tar"),
             "train.data.train",
             "does not exist",

@@ -35,7 +35,15 @@ def sweep(n: int, seeds: bool = True, space: dict | None = None) -> plots.SweepD
     ]
     confirm.append(plots.SeedData("baseline", 4, "failed", None))
     return plots.SweepData(
-        "t", "zeroshot_top1", "max", 3, space or SPACE, (1, 2.0), trials, confirm if seeds else []
+        "t",
+        "zeroshot_top1",
+        "max",
+        3,
+        space or SPACE,
+        (1, 2.0),
+        trials,
+        confirm if seeds else [],
+        race=(3, 3, 0.0),
     )
 
 
@@ -81,7 +89,7 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
         "parallel_coordinates.png",
         "param_importances.png",
         "slice.png",
-        "seed_spread.png",
+        "seed_paired.png",
         "optuna.html",
     ]
     for name in done.files[:-1]:
@@ -91,16 +99,16 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
     early = plots.render(sweep(1, seeds=False), tmp_path / "one")
     assert early.skipped == {
         "param_importances.png": "needs at least two completed trials",
-        "seed_spread.png": "no confirm run has completed",
+        "seed_paired.png": "no confirm run has completed",
     }
-    assert not (tmp_path / "one" / "seed_spread.png").exists()
+    assert not (tmp_path / "one" / "seed_paired.png").exists()
 
 
 def test_a_broken_plot_is_a_warning_and_the_others_are_drawn(tmp_path, caplog):
     broken = {**SPACE, "optim.weight_decay": {"loguniform": [0.0, 1.0]}}  # log of 0
     with caplog.at_level(logging.WARNING, logger="smotune.plots"):
         done = plots.render(sweep(6, space=broken), tmp_path)
-    assert "learning_curves.png" in done.files and "seed_spread.png" in done.files
+    assert "learning_curves.png" in done.files and "seed_paired.png" in done.files
     failed = {n: why for n, why in done.skipped.items() if why.startswith("failed: ")}
     assert "parallel_coordinates.png" in failed and "slice.png" in failed
     assert all(f"plot {n} of t not drawn" in caplog.text for n in failed)
@@ -110,3 +118,17 @@ def test_seed_groups_count_only_completed_runs():
     groups = plots.seed_groups(sweep(3))
     assert list(groups) == ["baseline", "t0000"]  # the baseline first
     assert groups["baseline"] == pytest.approx({1: 0.41, 2: 0.42, 3: 0.43})
+
+
+def test_the_seed_paired_plot_shows_the_verdicts_numbers(tmp_path):
+    """Recomputed from the confirm runs alone: t0000 is 0.05 better at each of 3 seeds (the
+    failed baseline run at seed 4 counts nowhere)."""
+    data = sweep(3)
+    found = plots.confirm_verdict(data)
+    assert found.verdict == "beats_baseline" and found.chosen.label == "t0000"
+    (c,) = found.comparisons
+    assert c.gain == pytest.approx(0.05) and c.pairs == 3 and c.claimed
+    # without the sweep's race settings (an older sweep) there is no gain panel, still a plot
+    old = plots.SweepData(**{**data.__dict__, "race": None})
+    assert plots.confirm_verdict(old) is None
+    assert plots.render(old, tmp_path).files.count("seed_paired.png") == 1

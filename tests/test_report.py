@@ -37,7 +37,7 @@ PNGS = {
     "parallel_coordinates.png",
     "param_importances.png",
     "slice.png",
-    "seed_spread.png",
+    "seed_paired.png",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASELINE = {"loss.label_smoothing": 0.1, "optim.weight_decay": 0.1}
@@ -121,7 +121,7 @@ class Logged:
         journal = tracking.sweep_journal_path(self.sweep)
         self.parent_id = tracking.sweep_parent_id(uri, name, str(journal.parent))
 
-        # the confirm phase as sweep._confirm runs it: baseline + the best completed config
+        # the confirm phase as confirm_run.run runs it: one round, baseline + the best config
         best = {"loss.label_smoothing": 0.05, "optim.weight_decay": 0.3}
         self.groups = [confirm.Group("baseline", BASELINE), confirm.Group("aaaa0001", best)]
         callback = tracking.MlflowSweepCallback(
@@ -138,16 +138,8 @@ class Logged:
             finished.append((point, result(point, EPOCHS)))
         callback.on_experiment_end(trials)
         confirm.collect(self.groups, finished, self.sweep)
-        self.verdict = confirm.verdict(self.groups, "max")
-        v = self.verdict
-        tracking.log_verdict(
-            uri,
-            self.parent_id,
-            v.verdict,
-            (v.baseline.mean, v.baseline.std),
-            (v.best.mean, v.best.std),
-            v.best.label,
-        )
+        self.verdict = confirm.judge(self.groups, confirm.Plan.of(self.sweep))
+        tracking.log_verdict(uri, self.parent_id, self.verdict, "zeroshot_top1")
         writer, deadline = live(journal), time.monotonic() + 900
         while not writer.drain(30):  # each plot refresh holds up the writer for a few seconds
             assert time.monotonic() < deadline, writer.status_line()
@@ -344,7 +336,7 @@ def test_the_mlflow_ui_reads_the_sweep_over_rest(mlflow_server):
     def after_first_trial(parent_id: str) -> None:  # plots are on the parent as trials end
         files = artifact_files(uri, parent_id, "plots")
         assert "plots/learning_curves.png" in files, files
-        assert "plots/seed_spread.png" not in files
+        assert "plots/seed_paired.png" not in files
         seen["curves"] = artifact_bytes(uri, parent_id, "plots/learning_curves.png")
 
     with tempfile.TemporaryDirectory() as storage:
@@ -428,7 +420,7 @@ def test_a_plot_that_fails_is_a_warning_and_the_writes_go_on(sqlite_uri, tmp_pat
     assert parent.data.tags["verdict"] == logged.verdict.verdict
     # the first trial's plots were drawn before the space broke; none since
     names = {Path(a.path).name for a in client.list_artifacts(logged.parent_id, "plots")}
-    assert "seed_spread.png" not in names and "learning_curves.png" in names
+    assert "seed_paired.png" not in names and "learning_curves.png" in names
 
 
 def test_the_plots_data_is_what_the_sweep_logged(logged):
@@ -446,4 +438,4 @@ def test_the_plots_data_is_what_the_sweep_logged(logged):
         assert t.params == {"loss.label_smoothing": s, "optim.weight_decay": wd}
         assert t.curve == [(e, top1(s, wd, e)) for e in range(1, epochs + 1)]
     assert plots.seed_groups(data) == {g.label: g.values for g in logged.groups}
-    assert data.verdict == logged.verdict.verdict and data.best_trial == logged.verdict.best.label
+    assert data.verdict == logged.verdict.verdict and data.best_trial == logged.verdict.chosen.label

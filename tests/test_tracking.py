@@ -531,27 +531,68 @@ def test_a_refused_write_does_not_hold_up_the_rest(sqlite_uri, tmp_path, monkeyp
 
 
 def test_confirm_phase_and_verdict_go_through_the_journal(sqlite_uri, tmp_path, monkeypatch):
+    """The verdict and everything "best" on the parent tell one story: the chosen config (the
+    baseline, when nothing beats it) has best_run_id, best.yaml, best_* (its confirmed means)
+    and the only `best` tags, though the search's best trial had them first."""
+    from smotune import confirm as confirming
+    from smotune.config import ConfirmConfig
+
     monkeypatch.chdir(tmp_path)
     sweep, text = make_sweep(sqlite_uri)
+    sweep.search.confirm = ConfirmConfig(top=1, seeds=2)
     search = tracking.MlflowSweepCallback(sweep, text)
-    log_trials(search, [(trial("aaaa0001", 0.1), 0.1)])
+    log_trials(search, [(trial("aaaa0001", 0.05), 0.05), (trial("bbbb0002", 0.2), 0.2)])
     path = tracking.sweep_journal_path(sweep)
     parent_id = tracking.sweep_parent_id(sqlite_uri, sweep.experiment, str(path.parent))
     assert parent_id == search.parent_run_id
+    groups = [
+        confirming.Group("baseline", {"loss.label_smoothing": 0.1}),
+        confirming.Group("aaaa0001", {"loss.label_smoothing": 0.05}),
+    ]
     confirm = tracking.MlflowSweepCallback(
-        sweep, text, phase="confirm", parent_run_id=parent_id, confirm_labels=lambda c: "base"
+        sweep,
+        text,
+        phase="confirm",
+        parent_run_id=parent_id,
+        confirm_labels=lambda c: confirming.group_of(groups, c).label,
     )
-    log_trials(confirm, [(trial("cccc0001", 0.0), 0.0)])
+    runs, ended = [], []
+    spread = {("baseline", 2): 0.01, ("aaaa0001", 2): 0.05}  # seeds differ, not alike
+    for n, point in enumerate(confirming.points(groups, [1, 2])):
+        smoothing = point["loss.label_smoothing"] + spread.get((groups[n // 2].label, n % 2 + 1), 0)
+        runs.append((Trial("smotune_test_trainable", config=point, trial_id=f"c{n}"), smoothing))
+        ended.append((point, epoch_result(smoothing, EPOCHS)))
+    log_trials(confirm, runs)
     assert live(path) is confirm._journal is search._journal  # one journal, one writer
-    tracking.log_verdict(sqlite_uri, parent_id, "baseline_best", (0.53, 0.0), (0.53, 0.0), "base")
+    confirming.collect(groups, ended, sweep)
+    verdict = confirming.judge(groups, confirming.Plan.of(sweep))
+    assert verdict.verdict == "not_decided" and verdict.chosen is groups[0]
+    tracking.log_verdict(sqlite_uri, parent_id, verdict, "zeroshot_top1")
 
     client, (parent,), children = runs_of(sqlite_uri, sweep.experiment)
-    by_phase = {c.data.tags["phase"]: c for c in children}
-    assert parent.data.tags["verdict"] == "baseline_best"
-    assert parent.data.tags["best_run_id"] == by_phase["confirm"].info.run_id
-    assert parent.data.metrics["baseline_top1_mean"] == pytest.approx(0.53)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags["verdict"] == "not_decided" and tags["best_trial"] == "baseline"
+    assert tags["mlflow.note.content"] == verdict.words("zeroshot_top1")
+    assert tags["verdict_config"] == "aaaa0001" and "paired t" in tags["verdict_method"]
+    (c,) = verdict.comparisons
+    assert metrics["verdict_gain"] == pytest.approx(0.03) == pytest.approx(c.gain)
+    assert metrics["verdict_gain_lower"] == pytest.approx(c.lower) and c.lower < 0
+    assert metrics["verdict_p"] == pytest.approx(c.p) and metrics["verdict_df"] == 1
+    assert metrics["verdict_seeds_to_decide"] == verdict.seeds_to_decide
+    assert metrics["seeds.baseline"] == 2 and metrics["seeds.aaaa0001"] == 2
+    base_runs = sorted(
+        (k for k in children if k.data.tags.get("confirm_of") == "baseline"),
+        key=lambda k: int(k.data.tags["seed"]),
+    )
+    assert tags["best_run_id"] == base_runs[0].info.run_id
+    best = {k.info.run_id for k in children if k.data.tags.get("best") == "true"}
+    assert best == {k.info.run_id for k in base_runs}  # not aaaa0001's search run any more
+    for key in ("zeroshot_top1", "train_loss"):
+        mean = sum(k.data.metrics[key] for k in base_runs) / 2
+        assert metrics[f"best_{key}"] == pytest.approx(mean)
+    assert metrics["best_top1_mean"] == pytest.approx(metrics["baseline_top1_mean"])
     best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
-    assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
+    assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.1
     assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
 
 

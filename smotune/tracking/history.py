@@ -55,6 +55,16 @@ def _space(params: dict[str, str]) -> dict[str, dict[str, Any]]:
     return space
 
 
+def _race(params: dict[str, str]) -> tuple[int, int, float] | None:
+    """``search.confirm``'s (seeds, max_seeds, min_gain) from the parent's params."""
+    if "search.confirm.seeds" not in params:
+        return None
+    first = int(params["search.confirm.seeds"])
+    last = params.get("search.confirm.max_seeds", "None")
+    gain = float(params.get("search.confirm.min_gain", "0.0"))
+    return first, first if last == "None" else int(last), gain
+
+
 def _asha(params: dict[str, str]) -> tuple[int, float] | None:
     if "schedule.asha.grace" not in params:
         return None
@@ -106,6 +116,7 @@ def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
         run_name=parent.info.run_name,
         best_trial=tags.get(TAG_BEST_TRIAL),
         parent_metrics=dict(parent.data.metrics),
+        race=_race(params),
     )
 
 

@@ -46,7 +46,23 @@ ENSEMBLE_TOP5 = "ensemble_top5"
 ENSEMBLE_K = "ensemble_k"
 TAG_ENSEMBLE_MEMBERS = "ensemble_members"  # the members' trial ids, best first, comma-separated
 CONFIRM_METRICS = ("baseline_top1_mean", "baseline_top1_std", "best_top1_mean", "best_top1_std")
-"""The parent's metrics after the confirm phase: mean and std over seeds of ``search.metric``."""
+"""The parent's metrics after the confirm phase: mean and std over seeds of ``search.metric``
+(of the baseline, and of the config the verdict chose: its winner, else the baseline)."""
+VERDICT_METRICS = {
+    "gain": "verdict_gain",
+    "lower": "verdict_gain_lower",
+    "upper": "verdict_gain_upper",
+    "p": "verdict_p",
+    "p_needed": "verdict_p_needed",
+    "df": "verdict_df",
+    "sd": "verdict_sd",
+}
+"""The compared rival's numbers (``smotune.confirm.Comparison`` field -> parent metric)."""
+SEEDS_TO_DECIDE = "verdict_seeds_to_decide"
+SEEDS_PREFIX = "seeds."  # seeds.<config>: the seeds each confirmed config ran
+TAG_VERDICT_CONFIG = "verdict_config"  # the rival the verdict's numbers are about
+TAG_VERDICT_METHOD = "verdict_method"
+TAG_DESCRIPTION = "mlflow.note.content"  # a run's description in MLflow's UI
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
 

@@ -261,7 +261,4 @@ class Store:
     def _verdict(self, op: dict[str, Any]) -> None:
         from smotune.tracking.verdict import write_verdict
 
-        parent_id = self.run_id(op["parent"])
-        write_verdict(
-            self.client, parent_id, op["verdict"], op["metrics"], op["best_label"], op["time"]
-        )
+        write_verdict(self.client, self.run_id(op["parent"]), op, op["time"])

@@ -182,6 +182,9 @@ def _latest_sweep(uri: str, experiment: str) -> tuple[mlflow.MlflowClient, str, 
     return client, exp.experiment_id, parents[0]
 
 
+OBJECTIVE = "search.metric"  # best_trial_run's info: the sweep's objective
+
+
 def best_trial_run(uri: str, experiment: str) -> tuple[TrialRecord, dict[str, Any]]:
     """The best trial of the latest sweep (parent run by start time) in ``experiment``.
 
@@ -190,10 +193,11 @@ def best_trial_run(uri: str, experiment: str) -> tuple[TrialRecord, dict[str, An
     ``best_run_id``); otherwise the completed search trial with the best final
     ``search.metric``. Only the latest sweep is searched: an earlier sweep of the
     same name may have run a different space or train config. Returns the record
-    and the parent's tags and metrics (``verdict``, ``best_top1_mean``, ...).
+    and the parent's tags and metrics (``verdict``, ``best_top1_mean``, ...), with the
+    sweep's ``search.metric`` under ``OBJECTIVE``.
     """
     client, experiment_id, parent = _latest_sweep(uri, experiment)
-    info = {**parent.data.tags, **parent.data.metrics}
+    info = {**parent.data.tags, **parent.data.metrics, OBJECTIVE: _objective(parent)[0]}
     if TAG_VERDICT in parent.data.tags and TAG_BEST_RUN_ID in parent.data.tags:
         return _record(client, client.get_run(parent.data.tags[TAG_BEST_RUN_ID])), info
     metric, mode = _objective(parent)

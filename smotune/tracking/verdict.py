@@ -1,69 +1,98 @@
-"""The confirm phase's outcome on the sweep's parent run: verdict, seed statistics, best config."""
+"""The confirm phase's outcome on the sweep's parent run: one story with the console and best.yaml.
+
+The parent gets the verdict (tag ``verdict``, its method, the rival its numbers are
+about), the verdict's sentence as the run's description (what MLflow's UI shows
+first), the compared rival's gain, bounds, p-value and degrees of freedom, the
+seeds each config ran, and the chosen config (the winner when a rival beats the
+baseline, otherwise the baseline): ``best_trial``, ``best_run_id``, ``best.yaml``,
+its confirmed means as ``best_top1_mean``/``std`` and every ``best_<metric>``, and
+the ``best`` tag on its confirm runs only.
+"""
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, RunTag
 
+from smotune.confirm import Verdict
 from smotune.tracking.journal import drain_timeout, live_journals
 from smotune.tracking.names import (
     BEST_ARTIFACT,
+    BEST_PREFIX,
     COMPLETED,
     CONFIRM_METRICS,
     PHASE_CONFIRM,
+    SEEDS_PREFIX,
+    SEEDS_TO_DECIDE,
+    TAG_BEST,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_CONFIRM_OF,
+    TAG_DESCRIPTION,
     TAG_PHASE,
     TAG_SEED,
     TAG_STATUS,
     TAG_VERDICT,
+    TAG_VERDICT_CONFIG,
+    TAG_VERDICT_METHOD,
     TRAIN_ARTIFACT,
+    VERDICT_METRICS,
 )
 from smotune.tracking.read import artifact_text, children
 
 
-def log_verdict(
-    uri: str,
-    parent_id: str,
-    verdict: str | None,
-    baseline: tuple[float, float],
-    best: tuple[float, float],
-    best_label: str,
-) -> str | None:
-    """Log the verdict and the (mean, std) pairs on the parent; point it at the winner's run.
+def verdict_record(verdict: Verdict, metric: str) -> dict[str, Any]:
+    """What the parent gets, as plain data (the journal's ``verdict`` operation)."""
+    chosen, shown = verdict.chosen, verdict.shown
+    values = dict(
+        zip(
+            CONFIRM_METRICS,
+            [verdict.baseline.mean, verdict.baseline.std, chosen.mean, chosen.std],
+            strict=True,
+        )
+    )
+    if shown is not None:
+        values.update({name: float(getattr(shown, f)) for f, name in VERDICT_METRICS.items()})
+    values[SEEDS_PREFIX + verdict.baseline.label] = verdict.base_runs
+    values.update({SEEDS_PREFIX + c.group.label: c.runs for c in verdict.comparisons})
+    if verdict.seeds_to_decide is not None:
+        values[SEEDS_TO_DECIDE] = verdict.seeds_to_decide
+    return {
+        "verdict": verdict.verdict,
+        "words": verdict.words(metric),
+        "method": verdict.design.method if verdict.design is not None else "",
+        "chosen": chosen.label,
+        "compared": shown.group.label if shown is not None else "",
+        "metrics": {k: float(v) for k, v in values.items() if math.isfinite(v)},
+    }
 
-    The winner's run is its confirm run with the lowest seed; its ``train.yaml``
-    becomes the parent's ``best.yaml``. In a sweep (``parent_id`` known to the
-    journal this process writes: a run id or a journal key) the write goes
-    through the journal like every other, and a ``tracking:`` line is printed
-    if it cannot be written now; returns None then. Otherwise it is written at
-    once and returns the winner's run id (None if none finished). Either way the
-    parent's plots are drawn again after it (the seed spread, the verdict).
+
+def log_verdict(uri: str, parent_id: str, verdict: Verdict, metric: str) -> str | None:
+    """Log the verdict on the parent; point it at the chosen config's runs.
+
+    In a sweep (``parent_id`` known to the journal this process writes: a run id or a
+    journal key) the write goes through the journal like every other, and a
+    ``tracking:`` line is printed if it cannot be written now; returns None then.
+    Otherwise it is written at once and returns the chosen config's run id (None if
+    none finished). Either way the parent's plots are drawn again after it.
     """
-    values = dict(zip(CONFIRM_METRICS, [*baseline, *best], strict=True))
-    metrics = {k: v for k, v in values.items() if math.isfinite(v)}
+    record = verdict_record(verdict, metric)
     now = int(time.time() * 1000)
     for journal in live_journals():
         key = journal.key_for(parent_id)
         if journal.uri == uri and key is not None:
-            journal.append(
-                "verdict",
-                parent=key,
-                verdict=verdict,
-                metrics=metrics,
-                best_label=best_label,
-                time=now,
-            )
-            journal.append("plots", parent=key)  # the seed spread, the verdict in its title
+            journal.append("verdict", parent=key, time=now, **record)
+            journal.append("plots", parent=key)  # the seed-paired plot, the verdict in its title
             if not journal.drain(drain_timeout()):
                 print(journal.status_line(), flush=True)
             return None
     client = mlflow.MlflowClient(tracking_uri=uri)
-    best_id = write_verdict(client, parent_id, verdict, metrics, best_label, now)
+    best_id = write_verdict(client, parent_id, record, now)
     from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
 
     upload_plots(client, parent_id)
@@ -71,27 +100,50 @@ def log_verdict(
 
 
 def write_verdict(
-    client: mlflow.MlflowClient,
-    parent_id: str,
-    verdict: str | None,
-    metrics: dict[str, float],
-    best_label: str,
-    now: int,
+    client: mlflow.MlflowClient, parent_id: str, record: dict[str, Any], now: int
 ) -> str | None:
     """What :func:`log_verdict` writes (also the journal's ``verdict`` operation)."""
     parent = client.get_run(parent_id)
+    exp_id = parent.info.experiment_id
+    chosen = record.get("chosen", record.get("best_label"))  # a journal of an older smotune
     query = (
-        f"tags.{TAG_PHASE} = '{PHASE_CONFIRM}' and tags.{TAG_CONFIRM_OF} = '{best_label}' "
+        f"tags.{TAG_PHASE} = '{PHASE_CONFIRM}' and tags.{TAG_CONFIRM_OF} = '{chosen}' "
         f"and tags.{TAG_STATUS} = '{COMPLETED}'"
     )
-    runs = children(client, parent.info.experiment_id, parent_id, query)
-    runs.sort(key=lambda r: int(r.data.tags[TAG_SEED]))
+    runs = sorted(
+        children(client, exp_id, parent_id, query), key=lambda r: int(r.data.tags[TAG_SEED])
+    )
+    verdict = record["verdict"]
     tags = [RunTag(TAG_VERDICT, verdict or "none")]
+    if record.get("words"):
+        tags.append(RunTag(TAG_DESCRIPTION, record["words"]))
+    if record.get("method"):
+        tags.append(RunTag(TAG_VERDICT_METHOD, record["method"]))
+    if record.get("compared"):
+        tags.append(RunTag(TAG_VERDICT_CONFIG, record["compared"]))
+    metrics = dict(record["metrics"])
     if runs and verdict is not None:
         best_id = runs[0].info.run_id
-        tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, best_label)]
+        tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, chosen)]
         client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
+        metrics.update(_confirmed_means(runs))
+        chosen_ids = {r.info.run_id for r in runs}
+        for run in children(client, exp_id, parent_id, f"tags.{TAG_BEST} = 'true'"):
+            if run.info.run_id not in chosen_ids:
+                client.delete_tag(run.info.run_id, TAG_BEST)
+        for run_id in chosen_ids:
+            client.set_tag(run_id, TAG_BEST, "true")
     client.log_batch(
         parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags
     )
     return runs[0].info.run_id if runs else None
+
+
+def _confirmed_means(runs: list[Any]) -> dict[str, float]:
+    """``best_<metric>``: the mean over the chosen config's confirm runs of each final metric."""
+    keys = set.intersection(*(set(r.data.metrics) for r in runs))
+    return {
+        BEST_PREFIX + k: statistics.fmean(r.data.metrics[k] for r in runs)
+        for k in sorted(keys)
+        if all(math.isfinite(r.data.metrics[k]) for r in runs)
+    }
