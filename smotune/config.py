@@ -126,7 +126,12 @@ class WorkersConfig(_Strict):
 
 class EvalConfig(_Strict):
     batch_size: int = Field(256, ge=1)
-    max_samples: int | None = Field(None, ge=1)
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the zero-shot eval set, spread evenly over its classes "
+        "(data/zeroshot.py: a webdataset set's labels are read first, seeking past images)",
+    )
 
 
 class TrainConfig(_Strict):
