@@ -73,10 +73,28 @@ class DataConfig(_Strict):
     train: str | list[str] = Field(..., description="webdataset shards: brace pattern, list, URLs")
     zeroshot: str = Field(..., description="zero-shot eval set: clip_benchmark wds dir or folders")
     zeroshot_split: str = "test"
-    rewrite_prob: float = Field(0.0, ge=0.0, le=1.0, description="LaCLIP: P(use a rewrite)")
+    rewrite: Literal["prob", "laclip"] = Field(
+        "prob",
+        description="caption rule when a sample's json holds rewrites: prob (a rewrite with "
+        "probability rewrite_prob; 0, the default, trains on the original captions only) or "
+        "laclip (LaCLIP's: uniform over the original and its k rewrites, 1/(k+1) each)",
+    )
+    rewrite_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="rewrite: prob: P(use a uniformly drawn rewrite)"
+    )
     shuffle_buffer: int = Field(1000, ge=0)
     loader_workers: int = Field(1, ge=0)
     samples_per_epoch: int | None = Field(None, ge=1, description="fixed epoch length per worker")
+
+    @field_validator("rewrite_prob")
+    @classmethod
+    def _prob_rule_only(cls, value: float, info: ValidationInfo) -> float:
+        if value > 0 and info.data.get("rewrite") == "laclip":
+            raise ValueError(
+                "is read only with data.rewrite: prob (laclip draws the original with "
+                "probability 1/(k+1)); fix: leave rewrite_prob out, or set data.rewrite: prob"
+            )
+        return value
 
 
 class LossConfig(_Strict):
@@ -108,7 +126,12 @@ class WorkersConfig(_Strict):
 
 class EvalConfig(_Strict):
     batch_size: int = Field(256, ge=1)
-    max_samples: int | None = Field(None, ge=1)
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the zero-shot eval set, spread evenly over its classes "
+        "(data/zeroshot.py: a webdataset set's labels are read first, seeking past images)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -344,10 +367,13 @@ def _user_error(where: str, err: ValidationError, model: type[BaseModel], prefix
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return UserError(where, field, "unknown key", f"remove it or correct its spelling{hint}")
     got = first.get("input")
-    problem = first["msg"].replace("Value error, ", "")
+    # a validator of ours may name its fix after "; fix: "
+    problem, _, own_fix = first["msg"].replace("Value error, ", "").partition("; fix: ")
     if kind != "missing":
         problem += f", got {got!r}"
-    if kind == "missing":
+    if own_fix:
+        fix = own_fix
+    elif kind == "missing":
         fix = "add the key"
     elif "should be " in first["msg"]:
         fix = "set a value that is " + first["msg"].split("should be ", 1)[1]

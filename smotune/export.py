@@ -31,8 +31,14 @@ from smotune.errors import UserError
 FORMATS = ("yaml", "cmd", "open_clip_train")
 SHOWN_METRICS = ("zeroshot_top1", "zeroshot_top5", "train_loss", "epoch")
 
-OPEN_CLIP_PRECISION = {"auto": "amp_bf16", "bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}
-"""Our precision -> open_clip_train's ``--precision`` (``auto`` is bf16 autocast on a GPU)."""
+OPEN_CLIP_TRAIN_VERSION = "3.3.0"
+OPEN_CLIP_TRAIN_WEBDATASET = "0.2.86"
+"""The webdataset open_clip_train runs with. From webdataset 0.2.96 on (1.0.2 included) each
+shard ends with an empty sample ``{}``, and open_clip_train 3.3.0's ``group_by_keys_nothrow``
+fails on it with ``KeyError: 'fname'`` in the first batch; 0.2.86, the release before, is the
+newest open_clip_torch's ``training`` extra allows (``webdataset<=0.2.86``). Measured
+2026-12-04 (torch 2.14.1, CPU, smotune's synthetic shards): 0.2.86 trains, 0.2.111 and 1.0.2
+fail. smotune itself needs webdataset >= 1.0, so open_clip_train gets a venv of its own."""
 
 
 def best_config(record: tracking.TrialRecord) -> TrainConfig:
@@ -103,6 +109,27 @@ def _imagenet_val(cfg: TrainConfig) -> str | None:
     return None
 
 
+def _rewrite_note(cfg: TrainConfig) -> str:
+    rule = f"data.rewrite = {cfg.data.rewrite}"
+    if cfg.data.rewrite == "prob":
+        rule += f", data.rewrite_prob = {cfg.data.rewrite_prob}"
+    return f"{rule} (LaCLIP caption rewrites; open_clip_train reads the txt caption only)"
+
+
+def open_clip_precision(cfg: TrainConfig) -> str:
+    """open_clip_train's ``--precision`` for what smotune would compute with (``runtime``).
+
+    The command runs where the config says: on GPUs when ``workers.gpus`` > 0, else on
+    CPU, so ``precision: auto`` is ``amp_bf16`` on GPUs and ``fp32`` on CPU.
+    """
+    import torch
+
+    from smotune.runtime import choose_runtime
+
+    rt = choose_runtime(cfg.workers.gpus, cfg.precision, cuda_available=True)
+    return {None: "fp32", torch.bfloat16: "amp_bf16", torch.float16: "amp"}[rt.autocast_dtype]
+
+
 def open_clip_train_command(cfg: TrainConfig) -> str:
     """An ``open_clip_train`` command for ``cfg``, then a comment per setting it cannot take."""
     o = cfg.optim
@@ -110,7 +137,8 @@ def open_clip_train_command(cfg: TrainConfig) -> str:
     args: list[Any] = ["python", "-m", "open_clip_train.main", "--model", cfg.model.arch]
     args += ["--lr", o.lr, "--wd", o.weight_decay, "--beta1", o.beta1, "--beta2", o.beta2]
     args += ["--eps", o.eps, "--warmup", o.warmup_steps, "--epochs", cfg.epochs]
-    args += ["--batch-size", o.batch_size, "--precision", OPEN_CLIP_PRECISION[cfg.precision]]
+    precision = open_clip_precision(cfg)
+    args += ["--batch-size", o.batch_size, "--precision", precision]
     if o.grad_clip is not None:
         args += ["--grad-clip-norm", o.grad_clip]
     args += ["--train-data", train_data, "--dataset-type", "webdataset"]
@@ -129,12 +157,24 @@ def open_clip_train_command(cfg: TrainConfig) -> str:
         f"loss.label_smoothing = {cfg.loss.label_smoothing} (open_clip_train's loss has none)",
         f"model.text_dropout = {cfg.model.text_dropout} (open_clip's text tower has none)",
         f"optim.min_lr = {o.min_lr} (open_clip_train's cosine decays to 0)",
-        f"data.rewrite_prob = {cfg.data.rewrite_prob} (LaCLIP caption rewrites)",
+        _rewrite_note(cfg),
     ]
-    lines = [shlex.join(str(a) for a in args)]
+    lines = [
+        f"# open_clip_train {OPEN_CLIP_TRAIN_VERSION} runs with webdataset=="
+        f"{OPEN_CLIP_TRAIN_WEBDATASET}, in a venv apart from smotune's (which needs webdataset "
+        f">= 1.0): pip install 'open_clip_torch[training]=={OPEN_CLIP_TRAIN_VERSION}' "
+        f"'webdataset=={OPEN_CLIP_TRAIN_WEBDATASET}' (with webdataset 1.0.2 it fails: "
+        "KeyError: 'fname' in group_by_keys_nothrow)",
+        shlex.join(str(a) for a in args),
+    ]
     lines += [f"# no open_clip_train flag for {n}" for n in notes]
     if cfg.precision == "auto":
-        lines.append("# precision auto -> amp_bf16: bf16 autocast, as smotune uses on a GPU")
+        where = (
+            "bf16 autocast, as smotune computes on GPUs"
+            if cfg.workers.gpus > 0
+            else "as smotune computes on CPU (workers.gpus 0)"
+        )
+        lines.append(f"# precision auto -> {precision}: {where}")
     if cfg.workers.num > 1:
         lines.append(
             f"# the sweep used {cfg.workers.num} workers: run on {cfg.workers.num} GPUs "

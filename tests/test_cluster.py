@@ -15,6 +15,7 @@ their own ports, temp dir, token and process session, stopped by process id (not
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from smotune.data import shards, synth
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
+KUBERAY = CLUSTER / "kuberay"
 VENV_BIN = Path(sys.executable).parent
 SWEEP_FILES = ["smoclip-cc3m-vitb32", "smoclip-cc12m-rn50", "rocket-cc3m"]
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY")
@@ -193,6 +195,157 @@ def test_rayjob_runs_smotune_sweep_on_that_cluster():
     assert len(images) == 1
     tag = re.search(r"docker build .*-t (\S+) \.", (CLUSTER / "Dockerfile").read_text())
     assert tag and images == {tag.group(1)}
+
+
+def _kuberay_validate():
+    """cluster/kuberay/validate.py, imported from its file (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("kuberay_validate", KUBERAY / "validate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kuberay_manifests_pass_kuberays_fields_and_kubernetes_own_pod_schemas():
+    """Both manifests pass the hand-written KubeRay schema and, strict, Kubernetes' schema
+    of every pod template and of metadata; every pod template is among those checked."""
+    check = _kuberay_validate()
+    schema = json.loads((KUBERAY / "schema.json").read_text())
+    assert "KubeRay v1.7.0's API reference" in schema["$comment"]
+    assert "docs/reference/api.md at tag v1.7.0" in schema["$comment"]
+    assert "openAPIV3Schema" not in (KUBERAY / "schema.json").read_text()  # not the CRD
+    assert check.KUBERNETES_VERSION == "1.29"
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        assert check.check_file(KUBERAY / name) == [], name
+    rc, rj = _yaml("kuberay/raycluster.yaml"), _yaml("kuberay/rayjob.yaml")
+    assert [check._path(at) for at, _ in check.pod_templates(rc)] == [
+        "spec.headGroupSpec.template",
+        "spec.workerGroupSpecs[0].template",
+    ]
+    assert [check._path(at) for at, _ in check.pod_templates(rj)] == ["spec.submitterPodTemplate"]
+
+
+def _rename(node: dict, old: str, new: str) -> None:
+    node[new] = node.pop(old)
+
+
+def _head(d: dict) -> dict:
+    return d["spec"]["headGroupSpec"]
+
+
+def _group(d: dict) -> dict:
+    return d["spec"]["workerGroupSpecs"][0]
+
+
+MANIFEST_MISTAKES = [
+    (
+        "raycluster",
+        lambda d: _rename(_head(d), "rayStartParams", "rayStartParam"),
+        "spec.headGroupSpec: Additional properties are not allowed ('rayStartParam' was",
+    ),
+    (
+        "raycluster",
+        lambda d: _rename(d["spec"], "workerGroupSpecs", "workerGroupSpec"),
+        "spec: Additional properties are not allowed ('workerGroupSpec' was",
+    ),
+    (
+        "raycluster",
+        lambda d: _rename(_group(d), "replicas", "replica"),
+        "spec.workerGroupSpecs[0]: Additional properties are not allowed ('replica' was",
+    ),
+    (
+        "raycluster",
+        lambda d: _group(d).update(replicas="2"),
+        "spec.workerGroupSpecs[0].replicas: '2' is not of type 'integer'",
+    ),
+    (
+        "raycluster",
+        lambda d: _group(d).update(minReplicas="two"),
+        "spec.workerGroupSpecs[0].minReplicas: 'two' is not of type 'integer'",
+    ),
+    (
+        "raycluster",
+        lambda d: _head(d)["rayStartParams"].update({"num-cpus": 0}),
+        "spec.headGroupSpec.rayStartParams.num-cpus: 0 is not of type 'string'",
+    ),
+    (
+        "raycluster",
+        lambda d: d["spec"].update(rayVersion=2.6),
+        "spec.rayVersion: 2.6 is not of type 'string'",
+    ),
+    (
+        "raycluster",
+        lambda d: _rename(_head(d)["template"]["spec"]["containers"][0], "resources", "resource"),
+        "spec.headGroupSpec.template.spec.containers[0]: Additional properties are not allowed "
+        "('resource' was",
+    ),
+    (
+        "raycluster",
+        lambda d: _group(d)["template"]["spec"]["containers"][0].update(image=["smotune:0.1.0"]),
+        "spec.workerGroupSpecs[0].template.spec.containers[0].image: ['smotune:0.1.0'] is not "
+        "of type 'string'",
+    ),
+    (
+        "raycluster",
+        lambda d: _rename(_group(d)["template"]["spec"], "tolerations", "toleration"),
+        "spec.workerGroupSpecs[0].template.spec: Additional properties are not allowed "
+        "('toleration' was",
+    ),
+    (
+        "raycluster",
+        lambda d: _rename(d["metadata"], "name", "nmae"),
+        "metadata: Additional properties are not allowed ('nmae' was",
+    ),
+    (
+        "rayjob",
+        lambda d: d["spec"].update(submissionMode="K8sMode"),
+        "spec.submissionMode: 'K8sMode' is not one of",
+    ),
+    (
+        "rayjob",
+        lambda d: _rename(d["spec"], "runtimeEnvYAML", "runtimeEnv"),
+        "spec: Additional properties are not allowed ('runtimeEnv' was",
+    ),
+    (
+        "rayjob",
+        lambda d: d["spec"]["submitterPodTemplate"]["spec"].update(restartPolicy=["Never"]),
+        "spec.submitterPodTemplate.spec.restartPolicy: ['Never'] is not of type 'string'",
+    ),
+    (
+        "rayjob",
+        lambda d: d.update(apiVersion="ray.io/v1alpha1"),
+        "apiVersion: 'ray.io/v1' was expected",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "manifest, edit, expected", MANIFEST_MISTAKES, ids=[m[2][:60] for m in MANIFEST_MISTAKES]
+)
+def test_a_misspelled_field_or_a_wrong_type_in_a_manifest_is_named(manifest, edit, expected):
+    check = _kuberay_validate()
+    doc = copy.deepcopy(_yaml(f"kuberay/{manifest}.yaml"))
+    edit(doc)
+    found = check.problems(doc)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_kuberay_validate_script_names_the_file_and_field(tmp_path):
+    """The script the cluster README runs before `kubectl apply`: exit 0 on the manifests,
+    exit 1 and one line naming file and field on a broken copy."""
+    script = KUBERAY / "validate.py"
+    files = [str(KUBERAY / "raycluster.yaml"), str(KUBERAY / "rayjob.yaml")]
+    ok = subprocess.run([sys.executable, str(script), *files], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok: ")
+    broken = tmp_path / "raycluster.yaml"
+    text = (KUBERAY / "raycluster.yaml").read_text()
+    broken.write_text(
+        text.replace("    rayStartParams:\n      num-cpus", "    rayStartParam:\n      num-cpus")
+    )
+    bad = subprocess.run([sys.executable, str(script), str(broken)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    (line,) = bad.stdout.splitlines()
+    assert line.startswith(f"{broken}: spec.headGroupSpec: ") and "'rayStartParam'" in line
 
 
 def test_dockerfile_installs_smotune_on_the_matching_ray_image():

@@ -139,6 +139,24 @@ def test_valid_sweep_file(tmp_path):
             "greater than or equal to 0",
         ),
         (
+            lambda d: d["train"]["data"].update(rewrite="LaCLIP"),
+            "train.data.rewrite",
+            "'prob' or 'laclip'",
+        ),
+        (
+            lambda d: d["train"]["data"].update(rewrite="laclip", rewrite_prob=0.5),
+            "train.data.rewrite_prob",
+            "fix: leave rewrite_prob out, or set data.rewrite: prob",
+        ),
+        (
+            lambda d: (
+                d.update(space={"data.rewrite_prob": {"uniform": [0.0, 0.8]}})
+                or d["train"]["data"].update(rewrite="laclip")
+            ),
+            "space.data.rewrite_prob",
+            "read only with data.rewrite: prob",
+        ),
+        (
             lambda d: d["train"]["data"].update(train="/nonexistent/train-{0..3}.tar"),
             "train.data.train",
             "does not exist",
@@ -156,6 +174,22 @@ def test_each_mistake_is_one_line_with_exit_2(tmp_path, capsys, edit, field, wor
     err = _error(tmp_path, data, capsys)
     assert f" {field}:" in err, err
     assert words in err, err
+
+
+def test_caption_rules_old_configs_keep_theirs(tmp_path):
+    """A config without data.rewrite is read as before (rewrite_prob's rule, off at 0);
+    LaCLIP's rule is a choice, and a searchable one."""
+    data = _sweep(tmp_path)
+    assert config.load_sweep(_write(tmp_path, data)).train.data.rewrite == "prob"
+    data["train"]["data"]["rewrite_prob"] = 0.5
+    old = config.load_sweep(_write(tmp_path, data)).train.data
+    assert (old.rewrite, old.rewrite_prob) == ("prob", 0.5)
+    del data["train"]["data"]["rewrite_prob"]
+    data["train"]["data"]["rewrite"] = "laclip"
+    data["space"]["data.rewrite"] = {"choice": ["prob", "laclip"]}
+    sweep = config.load_sweep(_write(tmp_path, data))
+    assert sweep.train.data.rewrite == "laclip"
+    assert config.apply(sweep.train, {"data.rewrite": "prob"}).data.rewrite == "prob"
 
 
 def test_remote_data_urls_are_passed_through(tmp_path):

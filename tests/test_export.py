@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shlex
 import shutil
 
 import mlflow
 import pytest
 import yaml
+from packaging.requirements import Requirement
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -28,7 +30,7 @@ train:
   optim: {{lr: 2.0e-3, grad_clip: 1.0, warmup_steps: 20}}
   epochs: 3
   precision: fp16
-  workers: {{num: 2, cpus: 0}}
+  workers: {{num: 2, cpus: 0, gpus: 1}}
 space:
   loss.label_smoothing: {{uniform: [0.0, 0.3]}}
   optim.weight_decay: {{loguniform: [0.01, 1.0]}}
@@ -151,7 +153,7 @@ def test_open_clip_train(store, tmp_path):
         "loss.label_smoothing = 0.2",
         "model.text_dropout = 0.1",
         "optim.min_lr = 1e-05",
-        "data.rewrite_prob = 0.5",
+        "data.rewrite = prob, data.rewrite_prob = 0.5",
     ):
         assert f"# no open_clip_train flag for {setting}" in comments
     assert "no --imagenet-val: data.zeroshot data/synth/zeroshot" in comments
@@ -168,14 +170,70 @@ def test_open_clip_train_imagenet_folder_and_precision(store, tmp_path):
         update={"zeroshot": str(tmp_path / "imagenet"), "zeroshot_split": "val"}
     )
     cfg = cfg.model_copy(update={"data": data})
-    args = shlex.split(open_clip_train_command(cfg).splitlines()[0])
+    args = command_args(open_clip_train_command(cfg))
     assert args[args.index("--imagenet-val") + 1] == str(val)
-    for ours, theirs in (("auto", "amp_bf16"), ("bf16", "amp_bf16"), ("fp32", "fp32")):
-        command = open_clip_train_command(cfg.model_copy(update={"precision": ours}))
-        args = shlex.split(command.splitlines()[0])
-        assert args[args.index("--precision") + 1] == theirs
     no_clip = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"grad_clip": None})})
     assert "--grad-clip-norm" not in open_clip_train_command(no_clip)
+
+
+def command_args(text: str) -> list[str]:
+    """The one line of an open_clip_train export that is not a comment, split."""
+    (command,) = [line for line in text.splitlines() if not line.startswith("#")]
+    return shlex.split(command)
+
+
+@pytest.mark.parametrize(
+    "gpus, precision, expected",
+    [
+        (1, "auto", "amp_bf16"),
+        (1, "bf16", "amp_bf16"),
+        (1, "fp16", "amp"),
+        (1, "fp32", "fp32"),
+        (0, "auto", "fp32"),
+        (0, "bf16", "amp_bf16"),
+        (0, "fp32", "fp32"),
+    ],
+)
+def test_open_clip_train_precision_follows_the_config(store, gpus, precision, expected):
+    """smotune's ``precision: auto`` is bf16 autocast on GPUs and fp32 on CPU; so is the export."""
+    cfg = best_config(tracking.best_trial_run(store, "xs")[0])
+    workers = cfg.workers.model_copy(update={"gpus": gpus})
+    cfg = cfg.model_copy(update={"precision": precision, "workers": workers})
+    text = open_clip_train_command(cfg)
+    args = command_args(text)
+    assert args[args.index("--precision") + 1] == expected
+    if precision == "auto":
+        assert f"# precision auto -> {expected}" in text
+
+
+def test_open_clip_train_on_a_cpu_config_with_fp16_is_refused(store):
+    cfg = best_config(tracking.best_trial_run(store, "xs")[0])
+    cfg = cfg.model_copy(
+        update={"precision": "fp16", "workers": cfg.workers.model_copy(update={"gpus": 0})}
+    )
+    with pytest.raises(UserError, match="precision: fp16 needs GPUs"):
+        open_clip_train_command(cfg)
+
+
+def test_open_clip_train_names_the_webdataset_it_runs_with(store):
+    """The comment names webdataset 0.2.86; the installed open_clip_torch's ``training`` extra
+    agrees (it allows that release and not 1.x, which open_clip_train 3.3.0 fails on)."""
+    text = open_clip_train_command(best_config(tracking.best_trial_run(store, "xs")[0]))
+    comment = text.splitlines()[0]
+    assert comment.startswith("# open_clip_train 3.3.0 runs with webdataset==0.2.86")
+    assert "pip install 'open_clip_torch[training]==3.3.0' 'webdataset==0.2.86'" in comment
+    assert "KeyError: 'fname'" in comment
+    requires = [Requirement(r) for r in importlib.metadata.requires("open_clip_torch")]
+    (pin,) = [
+        r
+        for r in requires
+        if r.name == "webdataset" and r.marker and r.marker.evaluate({"extra": "training"})
+    ]
+    assert pin.specifier.contains("0.2.86") and not pin.specifier.contains("1.0.2"), pin
+    assert importlib.metadata.version("open_clip_torch") == "3.3.0", (
+        "another open_clip_torch: run its open_clip_train on webdataset 1.x again "
+        "(README, export.OPEN_CLIP_TRAIN_WEBDATASET) and update the comment"
+    )
 
 
 def test_latest_sweep_is_used(sqlite_uri, tmp_path):

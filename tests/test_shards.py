@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from PIL import Image
 
 from smotune import model as smodel
 from smotune.config import ModelConfig, TrainConfig
+from smotune.data import synth
 from smotune.data.shards import (
     SkipCounter,
     make_loader,
@@ -209,6 +212,93 @@ def test_rewrite_probability(tmp_path, clip_io):
     assert captions(1.0) == rewritten
     both = {c.split()[-1] for e in range(6) for c in captions(1.0, e) if c.startswith("rewritten")}
     assert both == {"first", "second"}
+
+
+def caption_options(shard: Path) -> dict[str, list[str]]:
+    """Each sample's key -> [original caption, *its rewrites], read from the tar itself."""
+    texts: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext in ("txt", "json"):
+                texts.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return {
+        key: [t["txt"].decode().strip(), *json.loads(t.get("json", b"{}")).get("rewrites", [])]
+        for key, t in texts.items()
+    }
+
+
+def draw_counts(shard: Path, tmp_path: Path, clip_io, accesses: int, **data) -> tuple:
+    """Read ``shard`` round after round (``accesses`` samples in all, one epoch) and count
+    each sample's options drawn: ``{(key, i): n}`` with i = 0 the original, i = j rewrite j.
+    Samples whose options' tokens another sample shares are left out (they cannot be told
+    apart); returns the counts and the options of the samples counted."""
+    preprocess, tokenizer = clip_io
+    options = caption_options(shard)
+    owners: dict[tuple[int, ...], set[tuple[str, int]]] = {}
+    for key, texts in options.items():
+        for i, text in enumerate(texts):
+            owners.setdefault(tuple(tokenizer([text])[0].tolist()), set()).add((key, i))
+    shared = {key for owner in owners.values() if len(owner) > 1 for key, _ in owner}
+    counted = {k: v for k, v in options.items() if k not in shared}
+    cfg = config(tmp_path, str(shard), samples_per_epoch=accesses, batch_size=50, **data)
+    counts: Counter[tuple[str, int]] = Counter()
+    for _, texts in make_loader(cfg, preprocess, tokenizer, 0, 1, 0, SkipCounter()):
+        for row in texts:
+            owner = owners[tuple(row.tolist())]
+            key, i = next(iter(owner))
+            if key in counted:
+                counts[(key, i)] += 1
+    return counts, counted
+
+
+@pytest.fixture(scope="module")
+def synth_shard(tmp_path_factory) -> Path:
+    """One training shard written by `smotune data synth` (2 or 3 rewrites a sample)."""
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, train_samples=40, shards=1, eval_per_class=1, seed=5)
+    return out / "train-0000.tar"
+
+
+def test_laclip_draws_the_original_and_each_rewrite_with_probability_one_over_k_plus_1(
+    synth_shard, tmp_path, clip_io
+):
+    """Per sample and per access: the original and each of its k rewrites 1/(k+1) of the time,
+    within 4 binomial standard errors, pooled over the samples with the same k."""
+    counts, options = draw_counts(synth_shard, tmp_path, clip_io, 6000, rewrite="laclip")
+    ks = sorted({len(o) - 1 for o in options.values()})
+    assert ks == [2, 3] and len(options) >= 30
+    for k in ks:
+        keys = [key for key, o in options.items() if len(o) == k + 1]
+        n = sum(counts[(key, i)] for key in keys for i in range(k + 1))
+        p = 1 / (k + 1)
+        se = math.sqrt(p * (1 - p) / n)
+        assert n > 1000, n
+        for i in range(k + 1):
+            share = sum(counts[(key, i)] for key in keys) / n
+            what = "the original" if i == 0 else f"rewrite {i}"
+            assert abs(share - p) < 4 * se, (
+                f"k={k}: {what} drawn {share:.3f}, not {p:.3f} ± {4 * se:.3f}"
+            )
+
+
+def test_laclip_falls_back_to_the_original_for_a_draw_under_two_words(tmp_path, clip_io):
+    """A one-word rewrite drawn gives the original, as in LaCLIP: with k = 3 of which one is a
+    single word the original comes 2/4 of the accesses; a sample without rewrites always."""
+    path = tmp_path / "fallback.tar"
+    with wds.TarWriter(str(path)) as sink:
+        short = ["single", "rewritten short second", "rewritten short third"]
+        sink.write(sample("short", 1, json=json.dumps({"rewrites": short})))
+        sink.write(sample("none", 2, json=json.dumps({"rewrites": []})))
+        sink.write(sample("plain", 3))
+    counts, options = draw_counts(path, tmp_path, clip_io, 3000, rewrite="laclip", shuffle_buffer=0)
+    assert counts[("none", 0)] == counts[("plain", 0)] == 1000
+    n = sum(counts[("short", i)] for i in range(4))
+    assert n == 1000 and counts[("short", 1)] == 0
+    se = math.sqrt(0.5 * 0.5 / n)
+    assert abs(counts[("short", 0)] / n - 0.5) < 4 * se, counts
+    for i in (2, 3):
+        assert abs(counts[("short", i)] / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n), counts
 
 
 # ------------------------------------------------------------------ bad data

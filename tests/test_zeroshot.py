@@ -177,6 +177,85 @@ def test_folder_max_samples_spreads_over_classes(tmp_path):
     assert _labels(evalset) == [0, 1, 2]
 
 
+def _class_by_class(root: Path, sizes: list[int], shards: int = 2) -> Path:
+    """A clip_benchmark webdataset set written class by class (as ImageNet's val in folder
+    order), ``sizes[c]`` samples of class c, over ``shards`` shards."""
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("".join(f"class {c}\n" for c in range(len(sizes))))
+    (root / "zeroshot_classification_templates.txt").write_text("a {c}.\n")
+    labels = [c for c, n in enumerate(sizes) for _ in range(n)]
+    per_shard = -(-len(labels) // shards)
+    for k in range(shards):
+        with wds.TarWriter(str(root / "test" / f"{k}.tar"), encoder=False) as sink:
+            for i in range(k * per_shard, min(len(labels), (k + 1) * per_shard)):
+                sample = {"png": _png((labels[i] * 40, i % 256, 9)), "cls": str(labels[i]).encode()}
+                sink.write({"__key__": f"s{i:07d}", **sample})
+    (root / "test" / "nshards.txt").write_text(f"{shards}\n")
+    return root
+
+
+def _per_class(labels: list[int]) -> list[int]:
+    return [labels.count(c) for c in range(max(labels) + 1)]
+
+
+@pytest.mark.parametrize(
+    "sizes, cap, expected",
+    [
+        ([6, 6, 6, 6, 6], 10, [2, 2, 2, 2, 2]),
+        ([6, 6, 6, 6, 6], 12, [3, 3, 2, 2, 2]),
+        ([1, 6, 6, 6, 6], 9, [1, 2, 2, 2, 2]),
+        ([1, 6, 2, 6, 6], 17, [1, 5, 2, 5, 4]),
+    ],
+)
+def test_a_capped_wds_set_holds_every_class_evenly(tmp_path, sizes, cap, expected):
+    """The first ``cap`` samples of a set written class by class would hold two or three
+    classes; the cap takes ``cap // C`` of each (one more for the lowest ids), all of a
+    class that has fewer, in the set's order."""
+    root = _class_by_class(tmp_path / "wds", sizes)
+    evalset = zeroshot.load(root, max_samples=cap)
+    labels = _labels(evalset)
+    assert len(labels) == cap and labels == sorted(labels)
+    assert _per_class(labels) == expected
+    whole = _samples(evalset)
+    for world in (2, 3):
+        parts = [
+            _samples(zeroshot.load(root, max_samples=cap, part=(r, world))) for r in range(world)
+        ]
+        for i, (label, image) in enumerate(whole):
+            got_label, got_image = parts[i % world][i // world]
+            assert got_label == label and torch.equal(got_image, image), (world, i)
+
+
+def test_a_capped_wds_set_keeps_samples_evenly_spaced_within_a_class(tmp_path):
+    root = _class_by_class(tmp_path / "wds", [8, 8], shards=1)
+    evalset = zeroshot.load(root, max_samples=4)
+    kept = [evalset.keep[i] for i in range(4)]
+    assert kept == [0, 4, 8, 12]  # samples 0-7 are class 0, 8-15 class 1
+
+
+def test_a_capped_folder_set_holds_every_class_evenly(tmp_path):
+    root = _folder_set(tmp_path / "imgs", classes=("a", "b", "c"), per_class=6)
+    for j in range(1, 6):  # a keeps one image, c two: evenly spaced files would be [1, 4, 1]
+        (root / "test" / "a" / f"{j}.png").unlink()
+        if j > 1:
+            (root / "test" / "c" / f"{j}.png").unlink()
+    assert _per_class(_labels(zeroshot.load(root, max_samples=6))) == [1, 3, 2]
+
+
+def test_a_cap_under_the_number_of_classes_says_so(tmp_path, caplog):
+    root = _class_by_class(tmp_path / "wds", [2, 2, 2, 2])
+    with caplog.at_level(logging.WARNING):
+        assert _labels(zeroshot.load(root, max_samples=3)) == [0, 1, 2]
+    assert "eval.max_samples keeps 3 samples of 3 classes (1 classes have none)" in caplog.text
+
+
+def test_a_capped_wds_set_with_an_unreadable_shard_is_a_user_error(tmp_path):
+    root = _class_by_class(tmp_path / "wds", [2, 2])
+    (root / "test" / "1.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.raises(UserError, match=r"1\.tar: data.zeroshot: cannot read its tar headers"):
+        zeroshot.load(root, max_samples=2)
+
+
 def _samples(evalset) -> list[tuple[int, torch.Tensor]]:
     return [(int(y), x) for xs, ys in evalset.loader(4) for x, y in zip(xs, ys, strict=True)]
 

@@ -21,10 +21,13 @@ after round (each round a new seeded order, an endless stream) and the loader
 stops after exactly ``samples_per_epoch // optim.batch_size`` batches, the
 same on every rank whatever its number of loader workers.
 
-Captions (LaCLIP). A sample's ``json`` may hold ``{"rewrites": [...]}``; with
-probability ``data.rewrite_prob`` the caption is a uniformly drawn rewrite, and
-a draw with fewer than two words falls back to the original. LaCLIP's uniform
-choice among the original and ``k`` rewrites is ``rewrite_prob = k / (k + 1)``.
+Captions (LaCLIP). A sample's ``json`` may hold ``{"rewrites": [...]}``. Each time
+the sample is read, ``data.rewrite`` picks its caption: ``laclip`` draws uniformly
+among the original and its ``k`` rewrites (the original with probability
+``1/(k+1)``, as LaCLIP's loader does for every sample and every access);
+``prob`` takes a uniformly drawn rewrite with probability ``data.rewrite_prob``
+(0 by default: the original captions only). Either way a drawn rewrite with
+fewer than two words falls back to the original, as in LaCLIP.
 
 Bad data. Tar members that cannot be grouped, samples without an image or
 caption, undecodable images and undecodable or malformed json are skipped
@@ -140,6 +143,7 @@ class _WorkerSamples(IterableDataset):
         self.epoch = epoch
         self.rounds = cfg.data.samples_per_epoch is not None
         self.shuffle_buffer = cfg.data.shuffle_buffer
+        self.rewrite = cfg.data.rewrite
         self.rewrite_prob = cfg.data.rewrite_prob
         self.preprocess = preprocess
         self.skipped = skipped
@@ -240,16 +244,24 @@ class _WorkerSamples(IterableDataset):
                     raise ValueError("rewrites is not a list of strings")
             except ValueError as exc:
                 return self._skip("bad_json", f"{where}: {exc}")
-        if options and self.rewrite_prob > 0 and rewrites.random() < self.rewrite_prob:
-            drawn = rewrites.choice(options).strip()
-            if len(drawn.split()) >= 2:
-                caption = drawn
+        drawn = self._draw(options, rewrites) if options else None
+        if drawn is not None and len(drawn.split()) >= 2:
+            caption = drawn
         try:
             with Image.open(io.BytesIO(sample[image_key])) as img:
                 rgb = img.convert("RGB")
         except Exception as exc:
             return self._skip("bad_image", f"{where}.{image_key}: {describe(exc)}")
         return augment(self.preprocess, rgb), caption
+
+    def _draw(self, options: list[str], rng: random.Random) -> str | None:
+        """A rewrite drawn by ``data.rewrite``'s rule, or None for the original caption."""
+        if self.rewrite == "laclip":
+            pick = rng.randrange(len(options) + 1)  # 0: the original, i: rewrite i
+            return options[pick - 1].strip() if pick else None
+        if self.rewrite_prob > 0 and rng.random() < self.rewrite_prob:
+            return rng.choice(options).strip()
+        return None
 
     def _skip(self, reason: str, detail: str) -> None:
         self.skipped.add(reason, detail)

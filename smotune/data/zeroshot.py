@@ -25,6 +25,16 @@ An eval set can be read in parts (``part=(rank, world)``): part ``r`` of ``W``
 holds the samples whose index in the whole set's order (after the
 ``max_samples`` cap) is ``r`` modulo ``W``, so the parts of all ranks are the
 whole set, each sample once, and each rank decodes only its own.
+
+The ``max_samples`` cap (``eval.max_samples``) is spread evenly over the classes,
+in either layout: every class keeps ``max_samples // C`` samples or one more (a
+class with fewer keeps all it has and the others share the rest), evenly spaced
+within the class, and the kept samples are read in the set's order. Sets are often
+written class by class (ImageNet's val in folder order), where the first
+``max_samples`` samples would hold only the first classes. For a webdataset set
+the labels are read first: every shard's tar headers and its ``.cls`` members,
+seeking past the images. Samples without a readable ``cls`` are left out of a
+capped set; with fewer samples than classes, only the first classes keep one.
 """
 
 from __future__ import annotations
@@ -160,17 +170,25 @@ def _no_split(src):
 
 
 class _Part:
-    """A webdataset stage keeping raw samples ``rank`` mod ``world`` among the first ``cap``."""
+    """A webdataset stage keeping the raw samples ``keep`` names (all when None), and of
+    those the ones at positions ``rank`` mod ``world``."""
 
-    def __init__(self, rank: int, world: int, cap: int | None):
-        self.rank, self.world, self.cap = rank, world, cap
+    def __init__(self, rank: int, world: int, keep: list[int] | None):
+        self.rank, self.world = rank, world
+        self.keep = None if keep is None else set(keep)
+        self.last = None if keep is None else max(keep, default=-1)
 
     def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        position = 0
         for i, sample in enumerate(samples):
-            if self.cap is not None and i >= self.cap:
-                return
-            if i % self.world == self.rank:
+            if self.keep is not None:
+                if i > self.last:
+                    return
+                if i not in self.keep:
+                    continue
+            if position % self.world == self.rank:
                 yield sample
+            position += 1
 
 
 class _WdsSample:
@@ -202,6 +220,7 @@ class EvalSet:
     files: list[tuple[Path, int]] = field(default_factory=list)
     cache_bytes: int = 0  # keep a whole pass's batches in memory when they fit (0: never)
     part: tuple[int, int] = (0, 1)  # (rank, world): this rank's share of the samples
+    keep: list[int] | None = None  # wds: the raw sample indices max_samples keeps (None: all)
     skipped: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
     _cache: tuple[int, list[Batch], int] | None = field(default=None, init=False, repr=False)
@@ -220,7 +239,7 @@ class EvalSet:
                 nodesplitter=_no_split,
                 empty_check=False,
             )
-            .compose(_Part(rank, world, self.max_samples))
+            .compose(_Part(rank, world, self.keep))
             .map(_WdsSample(decode))
         )
 
@@ -331,11 +350,88 @@ def _load_folder(root: Path, folder: Path) -> tuple[list[str], list[str], list[t
     return classnames, templates, files
 
 
-def _spread(files: list[tuple[Path, int]], n: int) -> list[tuple[Path, int]]:
-    """``n`` evenly spaced items (the folder order is class by class)."""
-    if n >= len(files):
-        return files
-    return [files[i * len(files) // n] for i in range(n)]
+def even_over_classes(labels: list[int | None], n: int) -> list[int]:
+    """The indices of ``n`` of ``labels`` spread evenly over the classes, in index order.
+
+    Each class gets ``n // C`` or one more (a class with fewer gets all it has, the
+    others share the rest; extra ones go to the lowest class ids), evenly spaced within
+    the class. ``None`` labels are never chosen; with ``n`` under ``C`` only the first
+    ``n`` classes get one.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        if label is not None:
+            by_class.setdefault(label, []).append(i)
+    quota = dict.fromkeys(sorted(by_class), 0)
+    left = n
+    while left > 0:
+        open_classes = [c for c in quota if quota[c] < len(by_class[c])]
+        if not open_classes:
+            break
+        share = max(1, left // len(open_classes))
+        for c in open_classes:
+            take = min(share, len(by_class[c]) - quota[c], left)
+            quota[c] += take
+            left -= take
+            if left == 0:
+                break
+    chosen = [by_class[c][j * len(by_class[c]) // q] for c, q in quota.items() for j in range(q)]
+    return sorted(chosen)
+
+
+def _wds_labels(shards: list[Path]) -> list[int | None]:
+    """The ``cls`` of every raw sample of the shards, in the order webdataset reads them.
+
+    Members are grouped into samples by webdataset's own ``group_by_keys`` (metadata
+    members ``__*__`` left out, as its tar reader does); only ``.cls`` members are read,
+    the images are sought past.
+    """
+    import re
+    import tarfile
+
+    from webdataset.tariterators import group_by_keys
+
+    meta = re.compile(r"__[^/]*__($|/)")
+
+    def members():
+        for shard in shards:
+            try:
+                with tarfile.open(shard) as tar:
+                    for info in tar:
+                        if not info.isreg() or meta.match(info.name):
+                            continue
+                        data = b""
+                        if info.name.lower().endswith(".cls"):
+                            data = tar.extractfile(info).read()
+                        yield {"fname": info.name, "data": data, "__url__": str(shard)}
+            except (OSError, tarfile.TarError) as err:
+                raise _error(
+                    shard,
+                    f"cannot read its tar headers to cap eval.max_samples evenly over the "
+                    f"classes ({err})",
+                    "repair or replace the shard, or remove eval.max_samples",
+                ) from None
+            yield {}
+
+    labels: list[int | None] = []
+    for sample in group_by_keys(members()):
+        try:
+            labels.append(int(sample["cls"]))
+        except (KeyError, ValueError):
+            labels.append(None)
+    return labels
+
+
+def _warn_if_classes_left_out(root: Path, classes: int, kept: list[int | None]) -> None:
+    present = {label for label in kept if label is not None}
+    if len(present) < classes:
+        log.warning(
+            "%s: eval.max_samples keeps %d samples of %d classes (%d classes have none)",
+            root,
+            len(kept),
+            len(present),
+            classes - len(present),
+        )
 
 
 def load(
@@ -350,9 +446,8 @@ def load(
     pass of at most ``cache_bytes`` is kept in memory for the next ones; ``part`` is the
     ``(rank, world)`` share this process reads (the whole set by default).
 
-    For webdataset sets the cap takes the first samples in shard order (unreadable
-    ones included, then skipped); for folders it takes evenly spaced files, so every
-    class keeps its share.
+    The cap is spread evenly over the classes (:func:`even_over_classes`); for a
+    webdataset set that reads every shard's tar headers and labels once, here.
     """
     if is_remote(str(root)):
         raise _error(
@@ -366,6 +461,11 @@ def load(
     split_dir = root / split
     if (split_dir / "nshards.txt").is_file() or any(split_dir.glob("*.tar")):
         classnames, templates, shards = _load_wds(root, split_dir)
+        keep = None
+        if max_samples is not None:
+            labels = _wds_labels(shards)
+            keep = even_over_classes(labels, max_samples)
+            _warn_if_classes_left_out(root, len(classnames), [labels[i] for i in keep])
         return EvalSet(
             root,
             "wds",
@@ -377,11 +477,13 @@ def load(
             [],
             cache_bytes,
             part,
+            keep,
         )
     folder = split_dir if split_dir.is_dir() else root
     classnames, templates, files = _load_folder(root, folder)
     if max_samples is not None:
-        files = _spread(files, max_samples)
+        files = [files[i] for i in even_over_classes([label for _, label in files], max_samples)]
+        _warn_if_classes_left_out(root, len(classnames), [label for _, label in files])
     return EvalSet(
         root, "folder", classnames, templates, transform, max_samples, [], files, cache_bytes, part
     )
