@@ -245,7 +245,7 @@ class Verdict:
         floor = f" (min_gain {design.min_gain:g})" if design.min_gain else ""
         numbers = (
             f"{shown.group.label}: {gain} {shown.interval()} over {shown.pairs} paired seeds, "
-            f"p {shown.p:.3g} (needed <= {shown.p_needed:.3g})"
+            f"p {shown.p:.3g} (needed ≤ {shown.p_needed:.3g})"
         )
         if self.verdict == BEATS_BASELINE:
             head = f"verdict: {BEATS_BASELINE} ({ERROR_WORDS[BEATS_BASELINE]}): {numbers}"
