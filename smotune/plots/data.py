@@ -72,6 +72,8 @@ class SeedData:
     status: str
     value: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # the run's Tune trial id ("" when not known)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, search.metric)
 
 
 @dataclass(frozen=True)
