@@ -38,6 +38,8 @@ PARALLEL_COORDINATES = "parallel_coordinates.png"
 PARAM_IMPORTANCES = "param_importances.png"
 SLICE = "slice.png"
 SEED_PAIRED = "seed_paired.png"
+RUNG_CHECK = "rung_check.png"
+ASHA_STOPS = "asha_stops.png"
 OPTUNA_HTML = "optuna.html"
 TITLES = {
     LEARNING_CURVES: "Learning curves",
@@ -46,6 +48,8 @@ TITLES = {
     PARAM_IMPORTANCES: "Parameter importances",
     SLICE: "Slice plots",
     SEED_PAIRED: "Seed-paired results and the gain over the baseline (confirm phase)",
+    RUNG_CHECK: "Rung check: each full run's value at ASHA's rungs against its last epoch's",
+    ASHA_STOPS: "Where ASHA stopped trials, coloured by each searched value",
     OPTUNA_HTML: "Optuna's interactive figures",
 }
 
