@@ -25,7 +25,15 @@ from matplotlib import colormaps, colors
 from matplotlib.cm import ScalarMappable
 from matplotlib.lines import Line2D
 
-from smotune.plots.data import STATUS_COLOURS, Skip, SweepData, TrialData, figure, short
+from smotune.plots.data import (
+    STATUS_COLOURS,
+    Skip,
+    SweepData,
+    TrialData,
+    figure,
+    short,
+    suptitle,
+)
 from smotune.plots.search import Axis
 from smotune.rungs import AGREES, CHANCE, RungCheck, rung_epochs, sweep_checks
 
@@ -59,7 +67,7 @@ def rung_check(data: SweepData, path: Path) -> None:
     if not any(c.points for c in checks):
         raise Skip("no run has run every epoch yet")
     searched = {t.label for t in data.trials}
-    fig = figure(max(5.0, 4.3 * len(checks)), 4.9)
+    fig = figure(max(6.0, 4.3 * len(checks)), 4.9)
     panels = fig.subplots(1, len(checks), squeeze=False, sharey=True)[0]
     for k, (panel, check) in enumerate(zip(panels, checks, strict=True), 1):
         for label, (x, y) in check.points.items():
@@ -80,9 +88,10 @@ def rung_check(data: SweepData, path: Path) -> None:
         Line2D([], [], color=CONFIRM_COLOUR, marker="s", ls="", label="confirm run (a seed)"),
     ]
     panels[-1].legend(handles=handles, loc="best", fontsize="small")
-    fig.suptitle(
+    suptitle(
+        fig,
         f"{data.name}: do the runs' places at ASHA's rungs hold at the last epoch? "
-        "(one point per run that ran every epoch)"
+        "(one point per run that ran every epoch)",
     )
     fig.savefig(path)
 
@@ -138,7 +147,7 @@ def asha_stops(data: SweepData, path: Path) -> None:
         raise Skip("nothing searched")
     completed = [t for t in data.trials if t.status == "completed" and t.curve]
     offsets = _spread(stopped)
-    fig = figure(max(5.5, 4.6 * len(axes)), 4.9)
+    fig = figure(max(6.0, 4.6 * len(axes)), 4.9)
     panels = fig.subplots(1, len(axes), squeeze=False, sharey=True)[0]
     for panel, axis in zip(panels, axes, strict=True):
         cmap, norm, paint = _value_colours(axis)
@@ -187,8 +196,9 @@ def asha_stops(data: SweepData, path: Path) -> None:
         ),
     ]
     panels[0].legend(handles=handles, loc="best", fontsize="small")
-    fig.suptitle(
+    suptitle(
+        fig,
         f"{data.name}: where ASHA stopped trials, against the completed trials' curves; "
-        "colour: each searched value"
+        "colour: each searched value",
     )
     fig.savefig(path)

@@ -8,6 +8,7 @@ during a sweep and ``smotune report`` for a sweep that ran anywhere.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,12 @@ def figure(width: float = 8.0, height: float = 4.8) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state (the writer is a thread)
     return fig
+
+
+def suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width (a narrow figure would cut a long one)."""
+    width = max(30, int(fig.get_figwidth() * 11))  # characters of a medium font per inch
+    fig.suptitle(textwrap.fill(text, width), fontsize="large")
 
 
 def status_legend(ax: Any, statuses: list[str], marker: str = "o") -> None:
