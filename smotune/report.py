@@ -3,7 +3,8 @@
 Reads the latest sweep of an experiment (through :mod:`smotune.tracking.history`),
 draws its plots (:mod:`smotune.plots`) into ``<out>/plots/`` and writes
 ``<out>/index.html``: the sweep's objective and space, the verdict (as the sweep
-printed it), the summary table, the confirm table, and the plots. The page
+printed it), the summary table, the confirm table, the rung check's lines (as the
+sweep printed them) and the plots. The page
 needs nothing outside ``<out>`` (no network): copy the folder anywhere.
 """
 
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smotune import confirm, plots
+from smotune import confirm, plots, rungs
 from smotune.errors import UserError, redact
 
 PAGE = "index.html"
@@ -137,6 +138,23 @@ def confirm_table(data: plots.SweepData, found: confirm.Verdict) -> str:
     return _table(head, rows, set(range(1, len(paths) + 7)))
 
 
+def rung_section(data: plots.SweepData) -> list[str]:
+    """The rung check's lines, as the sweep printed them at its end (none without ASHA)."""
+    said = rungs.sweep_lines(data)
+    if not said:
+        return []
+    items = "".join(f"<li>{_esc(line)}</li>" for line in said)
+    return [
+        "<h2>Rung check</h2>",
+        "<p class='muted'>At each of ASHA's rungs, the order of the runs that ran every epoch "
+        "(completed search trials and confirm runs, each seed its own run) against their order "
+        "at the last epoch: Kendall's tau, the concordant pairs and a one-sided p against "
+        "chance. The search trials here passed the rungs, so among them the check sees the "
+        "survivors; the confirm runs passed none.</p>",
+        f"<ul class='rungs'>{items}</ul>",
+    ]
+
+
 def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: str) -> str:
     """The report's HTML: plots referenced as ``plots/<file>``."""
     found = confirm_verdict(data) if data.seeds else None
@@ -173,6 +191,7 @@ def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: 
             f"{_esc(method)}.</p>",
             confirm_table(data, found),
         ]
+    parts += rung_section(data)
     parts.append("<h2>Plots</h2>")
     for name in rendered.files:
         title = plots.TITLES.get(name, name)

@@ -30,6 +30,21 @@ about 58% of draws (BENCHMARKS.md). The mode does not change tau or p (both orde
 flip together); it sets ``best_place``. Caveat: a search trial reaches the final
 epoch only by passing the rungs, so among search trials the check sees the
 survivors' order, not the stopped trials'.
+
+In a sweep (:func:`sweep_checks`, one function for the sweep's end, the parent's
+metrics and ``smotune report``) the runs are every run that ran every epoch: the
+completed search trials and the completed confirm runs, each a point of its own
+(a run at one seed, as ASHA compares runs). The confirm runs passed no rung (they
+run without early stopping), so they are the part of the check free of the
+survivor bias above; they are the top configs and the baseline, chosen by their
+final search value, not by their rung values. Several seeds of one config (and
+that config's search trial) are kept apart, not averaged: ASHA decides on one run
+at one seed, so whether a run's place at the rung holds at its own end is the
+question, and a seed that is behind at the rung but ahead at the end (seed noise
+the rung cannot see through) is exactly what misleads it. So among the confirm
+runs tau measures the order of runs, config and seed together: where seeds move a
+config's result more than the configs differ, a low tau says the rung cannot order
+runs, which is also all that ASHA's stops rest on.
 """
 
 from __future__ import annotations
@@ -38,9 +53,13 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import norm
+
+if TYPE_CHECKING:
+    from smotune.plots.data import SweepData
 
 ALPHA = 0.05  # one-sided level of "agrees better than chance"
 SMALL = 50  # up to this many runs: exact (no ties) or permutation (ties); above: normal
@@ -276,3 +295,42 @@ def _best_place(x: np.ndarray, y: np.ndarray, mode: str) -> int | None:
     sign = 1.0 if mode == "max" else -1.0
     best = np.flatnonzero(sign * y == np.max(sign * y))
     return 1 + int(min(np.sum(sign * x > sign * x[k]) for k in best))
+
+
+def full_curves(data: SweepData) -> dict[str, dict[int, float]]:
+    """Run label -> {epoch: ``search.metric``} of the sweep's runs that ran every epoch: the
+    completed search trials and the completed confirm runs (a confirm run whose trial id is not
+    known is labelled by its config and seed)."""
+    curves = {t.label: dict(t.curve) for t in data.trials if t.status == "completed"}
+    for s in data.seeds:
+        if s.status == "completed":
+            curves[s.label or f"{s.group} seed {s.seed}"] = dict(s.curve)
+    return curves
+
+
+def sweep_checks(data: SweepData) -> list[RungCheck]:
+    """The rung check of a sweep: at each of ASHA's rungs, over :func:`full_curves` (none without
+    ASHA). What the sweep prints at its end, the parent's ``rung_*`` metrics and the report."""
+    if data.asha is None:
+        return []
+    rungs = rung_epochs(*data.asha, data.epochs)
+    return check_rungs(full_curves(data), rungs, data.epochs, data.mode)
+
+
+def sweep_lines(data: SweepData) -> list[str]:
+    """:func:`lines` of :func:`sweep_checks` (none without ASHA)."""
+    if data.asha is None:
+        return []
+    return lines(sweep_checks(data), *data.asha)
+
+
+def lines(checks: Sequence[RungCheck], grace: int, reduction: float) -> list[str]:
+    """What a person reads: one line per rung, then :func:`warning`'s advice if the first rung
+    is not shown to agree (for too few runs, the warning stands in for that rung's line)."""
+    said = warning(checks, grace, reduction)
+    out = [f"rung check, {c.words()}" for c in checks]
+    if said is None:
+        return out
+    if checks[0].judgement == TOO_FEW:
+        return [said, *out[1:]]
+    return [*out, said]

@@ -11,6 +11,9 @@
 - With ``search.confirm``, the baseline and the top configs then re-run over new
   shared seeds, in rounds when they race (``confirm_run.py``), and the verdict
   (``confirm.py`` over ``stats.py``) decides ``best.yaml``.
+- At the end, the rung check (``rungs.py``): whether the order of the runs that
+  ran every epoch at ASHA's rungs held at the last epoch; on the parent run and
+  printed after the verdict, with advice when the first rung is not shown to.
 - ``--resume`` restores whichever Tuner was interrupted; the MLflow callback
   re-attaches to the same parent and child runs.
 """
@@ -248,6 +251,9 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         print(confirm.format_table(confirmed, sweep.search.metric))
     if confirmed is not None:
         print(confirmed.words(sweep.search.metric))
+    if sweep.schedule.asha is not None:  # did ASHA's rungs order the runs as their ends did?
+        for line in tracking.log_rungs(sweep.tracking.uri, parent_id):
+            print(line, flush=True)
     partial = None
     if not finished:
         why = "interrupted" if interrupted else "out of search.time_budget"

@@ -89,6 +89,8 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
         "parallel_coordinates.png",
         "param_importances.png",
         "slice.png",
+        "rung_check.png",
+        "asha_stops.png",
         "seed_paired.png",
         "optuna.html",
     ]
@@ -99,8 +101,13 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
     early = plots.render(sweep(1, seeds=False), tmp_path / "one")
     assert early.skipped == {
         "param_importances.png": "needs at least two completed trials",
+        "asha_stops.png": "ASHA stopped no trial",
         "seed_paired.png": "no confirm run has completed",
     }
+    no_asha = plots.SweepData(**{**sweep(3).__dict__, "asha": None})
+    assert plots.render(no_asha, tmp_path / "none").skipped["rung_check.png"] == (
+        "no ASHA in this sweep: no rung to check"
+    )
     assert not (tmp_path / "one" / "seed_paired.png").exists()
 
 

@@ -37,6 +37,8 @@ PNGS = {
     "parallel_coordinates.png",
     "param_importances.png",
     "slice.png",
+    "rung_check.png",
+    "asha_stops.png",
     "seed_paired.png",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -229,7 +231,7 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == (
-        f"wrote {out}/index.html: 4 search trials, 4 confirm runs, 7 plots in {out}/plots"
+        f"wrote {out}/index.html: 4 search trials, 4 confirm runs, 9 plots in {out}/plots"
     )
     page = Page()
     page.feed((out / "index.html").read_text())

@@ -162,6 +162,77 @@ def test_the_warning_names_the_sweep_files_fields():
     assert "too few runs" in few and "search.confirm" in few
 
 
+def a_sweep(curves: dict[str, tuple[str, list[float]]], seeds=(), asha=(1, 2.0)):
+    """A SweepData of search trials (label -> (status, curve)) and confirm runs (seeds: (group,
+    seed, status, label, curve) tuples)."""
+    from smotune import plots
+
+    trials = [
+        plots.TrialData(k, status, {}, list(enumerate(c, 1)), c[-1], len(c))
+        for k, (status, c) in curves.items()
+    ]
+    runs = [
+        plots.SeedData(g, s, status, c[-1], {}, label, list(enumerate(c, 1)))
+        for g, s, status, label, c in seeds
+    ]
+    return plots.SweepData("t", "zeroshot_top1", "max", 4, {}, asha, trials, runs)
+
+
+def test_a_sweeps_check_counts_every_run_that_ran_every_epoch():
+    """Completed search trials and completed confirm runs, each seed its own run; stopped,
+    failed, killed and running runs are left out, whatever epochs they logged."""
+    full = [0.1, 0.2, 0.3, 0.4]
+    data = a_sweep(
+        {
+            "done": ("completed", full),
+            "stopped": ("early_stopped", [0.9]),
+            "failed": ("failed", full),  # a NaN loss at its last epoch: not a finished run
+            "killed": ("killed", full[:3]),
+            "running": ("running", full[:2]),
+        },
+        seeds=[
+            ("baseline", 1, "completed", "conf0", [0.2, 0.1, 0.4, 0.5]),
+            ("done", 1, "completed", "", [0.3, 0.3, 0.2, 0.6]),  # trial id not known
+            ("done", 2, "failed", "conf2", full),
+        ],
+    )
+    assert rungs.full_curves(data) == {
+        "done": dict(enumerate(full, 1)),
+        "conf0": {1: 0.2, 2: 0.1, 3: 0.4, 4: 0.5},
+        "done seed 1": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.6},
+    }
+    first, second = rungs.sweep_checks(data)  # grace 1, reduction 2, 4 epochs: rungs 1 and 2
+    assert (first.epoch, second.epoch, first.final_epoch) == (1, 2, 4)
+    assert first.points == {"conf0": (0.2, 0.5), "done": (0.1, 0.4), "done seed 1": (0.3, 0.6)}
+    assert rungs.sweep_checks(a_sweep({"done": ("completed", full)}, asha=None)) == []
+
+
+def test_a_sweeps_lines_say_each_rung_then_the_advice():
+    agree = [[0.1, 0.2, 0.3, 0.4], [0.2, 0.3, 0.4, 0.5], [0.3, 0.4, 0.5, 0.6]]
+    agree += [[0.4, 0.5, 0.6, 0.7], [0.5, 0.6, 0.7, 0.8]]
+    # the first rung reversed, the second in order: chance, then agreement (exact p 1/120)
+    flipped = {f"r{k}": ("completed", [0.6 - c[0], *c[1:]]) for k, c in enumerate(agree)}
+    first, second = rungs.sweep_checks(a_sweep(flipped))
+    assert (first.judgement, second.judgement) == (rungs.CHANCE, rungs.AGREES)
+    said = rungs.sweep_lines(a_sweep(flipped))
+    assert said == [
+        f"rung check, {first.words()}",
+        f"rung check, {second.words()}",
+        rungs.warning([first, second], 1, 2.0),
+    ]
+    assert "at epoch 2 the order agrees, tau +1.00" in said[-1]
+    ordered = {f"r{k}": ("completed", c) for k, c in enumerate(agree)}
+    assert len(rungs.sweep_lines(a_sweep(ordered))) == 2  # both agree: no advice
+    few = {k: v for k, v in list(ordered.items())[:3]}
+    first, second = rungs.sweep_checks(a_sweep(few))
+    assert rungs.sweep_lines(a_sweep(few)) == [
+        rungs.warning([first, second], 1, 2.0),  # the too-few line stands for the first rung's
+        f"rung check, {second.words()}",
+    ]
+    assert "too few runs" in rungs.sweep_lines(a_sweep(few))[0]
+    assert rungs.sweep_lines(a_sweep(ordered, asha=None)) == []
+
+
 def null_draw(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A rung value and a final value per run, independent of each other."""
     if kind == "normal":

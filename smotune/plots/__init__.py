@@ -1,7 +1,7 @@
 """Every plot of a sweep, drawn from plain data: PNGs (matplotlib, Agg) and Optuna's own HTML.
 
 One module a phase: ``data`` (what is drawn), ``search``, ``study`` (Optuna's view),
-``confirm``.
+``asha`` (what ASHA's rungs decided), ``confirm``.
 
 The input is a :class:`SweepData` (numbers, strings and dicts; the tracking
 package reads it back from MLflow), so the same drawing serves the parent run's
@@ -19,6 +19,12 @@ Nothing here knows MLflow.
   and the metric (completed trials coloured by value, early-stopped in grey);
 - ``param_importances.png``: Optuna's fANOVA importances over the completed trials;
 - ``slice.png``: each searched value against the final metric;
+- ``rung_check.png`` (with ASHA, once a run ran every epoch): one panel per rung,
+  each full run's value there against its last epoch's, the rung check's tau, p
+  and judgement in the title;
+- ``asha_stops.png`` (once ASHA stopped a trial): one panel per searched path,
+  where each stopped trial sat at its rung against the completed trials' curves,
+  coloured by that path's value;
 - ``seed_paired.png`` (after the confirm phase): one line per seed across the
   configs, and each rival's gain over the baseline with its interval;
 - ``optuna.html``: Optuna's interactive figures (history, intermediate values,
@@ -37,15 +43,18 @@ from pathlib import Path
 
 import optuna
 
+from smotune.plots.asha import asha_stops, rung_check
 from smotune.plots.confirm import seed_groups, seed_paired
 from smotune.plots.confirm import verdict as confirm_verdict
 from smotune.plots.data import (
+    ASHA_STOPS,
     BASELINE,
     LEARNING_CURVES,
     OPTIMIZATION_HISTORY,
     OPTUNA_HTML,
     PARALLEL_COORDINATES,
     PARAM_IMPORTANCES,
+    RUNG_CHECK,
     SEED_PAIRED,
     SLICE,
     STATUS_COLOURS,
@@ -68,7 +77,9 @@ from smotune.rungs import rung_epochs
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ASHA_STOPS",
     "BASELINE",
+    "RUNG_CHECK",
     "SEED_PAIRED",
     "STATUS_COLOURS",
     "TITLES",
@@ -108,6 +119,8 @@ def render(data: SweepData, out: str | Path) -> Rendered:
         (PARALLEL_COORDINATES, lambda p: parallel_coordinates(data, p)),
         (PARAM_IMPORTANCES, lambda p: param_importances(data, the_study(), p)),
         (SLICE, lambda p: slice_plots(data, p)),
+        (RUNG_CHECK, lambda p: rung_check(data, p)),
+        (ASHA_STOPS, lambda p: asha_stops(data, p)),
         (SEED_PAIRED, lambda p: seed_paired(data, p)),
         (OPTUNA_HTML, lambda p: optuna_html(data, the_study(), p)),
     ]

@@ -8,6 +8,7 @@ during a sweep and ``smotune report`` for a sweep that ran anywhere.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ PARALLEL_COORDINATES = "parallel_coordinates.png"
 PARAM_IMPORTANCES = "param_importances.png"
 SLICE = "slice.png"
 SEED_PAIRED = "seed_paired.png"
+RUNG_CHECK = "rung_check.png"
+ASHA_STOPS = "asha_stops.png"
 OPTUNA_HTML = "optuna.html"
 TITLES = {
     LEARNING_CURVES: "Learning curves",
@@ -46,6 +49,8 @@ TITLES = {
     PARAM_IMPORTANCES: "Parameter importances",
     SLICE: "Slice plots",
     SEED_PAIRED: "Seed-paired results and the gain over the baseline (confirm phase)",
+    RUNG_CHECK: "Rung check: each full run's value at ASHA's rungs against its last epoch's",
+    ASHA_STOPS: "Where ASHA stopped trials, coloured by each searched value",
     OPTUNA_HTML: "Optuna's interactive figures",
 }
 
@@ -72,6 +77,8 @@ class SeedData:
     status: str
     value: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # the run's Tune trial id ("" when not known)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, search.metric)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,12 @@ def figure(width: float = 8.0, height: float = 4.8) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state (the writer is a thread)
     return fig
+
+
+def suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width (a narrow figure would cut a long one)."""
+    width = max(30, int(fig.get_figwidth() * 11))  # characters of a medium font per inch
+    fig.suptitle(textwrap.fill(text, width), fontsize="large")
 
 
 def status_legend(ax: Any, statuses: list[str], marker: str = "o") -> None:

@@ -98,7 +98,7 @@ def optimization_history(data: SweepData, path: Path) -> None:
     fig.savefig(path)
 
 
-class _Axis:
+class Axis:
     """One searched path as a [0, 1] axis: bounds (log for loguniform) or evenly spaced choices."""
 
     def __init__(self, path: str, entry: dict[str, Any]):
@@ -130,7 +130,7 @@ class _Axis:
 
 
 def parallel_coordinates(data: SweepData, path: Path) -> None:
-    axes = [_Axis(p, e) for p, e in data.space.items()]
+    axes = [Axis(p, e) for p, e in data.space.items()]
     scored = [t for _, t in with_values(data) if all(p in t.params for p in data.space)]
     if not scored or not axes:
         raise Skip("no trial with a value yet")
@@ -170,7 +170,7 @@ def parallel_coordinates(data: SweepData, path: Path) -> None:
 
 
 def slice_plots(data: SweepData, path: Path) -> None:
-    axes = [_Axis(p, e) for p, e in data.space.items()]
+    axes = [Axis(p, e) for p, e in data.space.items()]
     scored = [t for _, t in with_values(data)]
     if not scored or not axes:
         raise Skip("no trial with a value yet")

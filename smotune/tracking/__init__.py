@@ -3,9 +3,10 @@
 Layout: one experiment per sweep; one parent run per sweep (tag ``kind=sweep``;
 params ``space.<path>``, ``search.*``, ``schedule.*``; artifact ``sweep.yaml``;
 at the end ``best_<metric>`` metrics, tags ``best_trial`` / ``best_run_id`` and
-artifact ``best.yaml``); one nested child run per Tune trial (run name = trial
-id; tags ``kind=trial``, ``trial_id``, ``status``, ``reason``, ``checkpoint``,
-``best``; params = the flattened train config with dotted names plus
+artifact ``best.yaml``, and the rung check: ``rung_<epoch>/tau`` ... metrics,
+``rung_<epoch>/judgement`` and ``rung_check`` tags); one nested child run per
+Tune trial (run name = trial id; tags ``kind=trial``, ``trial_id``, ``status``,
+``reason``, ``checkpoint``, ``best``; params = the flattened train config with dotted names plus
 ``global_batch_size``; per-epoch metrics with ``step=epoch``; artifact
 ``train.yaml``).
 
@@ -19,7 +20,9 @@ tracking URI usable), ``read`` (a sweep read back), ``callback`` (the Tune
 callback that turns a sweep's events into journal operations), ``journal`` (the
 operations on local disk), ``writer`` (the thread that applies them, and
 ``smotune sync``), ``ops`` (one operation applied to MLflow), ``verdict`` (the
-confirm phase's verdict), ``ensemble`` (a top-K ensemble's accuracy on the parent).
+confirm phase's verdict), ``rungs`` (the rung check on the parent), ``history``
+(a sweep read back as the plots' data, its plots uploaded), ``ensemble`` (a top-K
+ensemble's accuracy on the parent).
 Only this package imports ``mlflow``.
 
 A tracking store that is down, slow or refusing never stops a sweep: what it
@@ -85,6 +88,7 @@ from smotune.tracking.read import (
     sweep_summary,
     sweep_time,
 )
+from smotune.tracking.rungs import log_rungs
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
 
@@ -143,6 +147,7 @@ __all__ = [
     "sync",
     "redact",
     "log_ensemble",
+    "log_rungs",
     "log_verdict",
     "ranked_trials",
     "sweep_parent_id",

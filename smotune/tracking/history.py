@@ -3,8 +3,8 @@
 :func:`sweep_data` turns a parent run and its children into a
 :class:`smotune.plots.SweepData`: the objective and ASHA's settings from the
 parent's params, the searched space from its ``space.<path>`` params, each
-search trial's ``search.metric`` history (step = epoch), the confirm runs'
-seeds and final values, the verdict. :func:`upload_plots` draws them into the
+search trial's and confirm run's ``search.metric`` history (step = epoch), the
+confirm runs' seeds and final values, the verdict. :func:`upload_plots` draws them into the
 parent's ``plots/`` artifacts (the journal's ``plots`` operation, as trials
 end); :func:`read_sweep` finds the latest sweep of an experiment for
 ``smotune report``.
@@ -71,6 +71,13 @@ def _asha(params: dict[str, str]) -> tuple[int, float] | None:
     return int(params["schedule.asha.grace"]), float(params["schedule.asha.reduction"])
 
 
+def _curve(client: mlflow.MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) of ``metric`` in a run, epochs ascending; an epoch logged twice (a resumed
+    trial re-reporting it) counts as its last value."""
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.timestamp)
+    return sorted({int(m.step): m.value for m in history}.items())
+
+
 def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
     """The sweep of ``parent`` (a parent run) as the plots and the report take it."""
     params = parent.data.params
@@ -83,16 +90,16 @@ def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
         searched = {p: _param_value(run_params[p]) for p in space if p in run_params}
         value = run.data.metrics.get(metric)
         status = tags.get(TAG_STATUS, "")
+        label = tags.get(TAG_TRIAL_ID, run.info.run_name)
+        curve = _curve(client, run.info.run_id, metric)
         if tags.get(TAG_PHASE, PHASE_SEARCH) == PHASE_CONFIRM:
             seed = int(tags.get(TAG_SEED, run_params.get("seed", 0)))
             group = tags.get(TAG_CONFIRM_OF, "")
-            seeds.append(plots.SeedData(group, seed, status, value, searched))
+            seeds.append(plots.SeedData(group, seed, status, value, searched, label, curve))
             continue
-        history = client.get_metric_history(run.info.run_id, metric)
-        curve = sorted({int(m.step): m.value for m in history}.items())
         trials.append(
             plots.TrialData(
-                label=tags.get(TAG_TRIAL_ID, run.info.run_name),
+                label=label,
                 status=status,
                 params=searched,
                 curve=curve,

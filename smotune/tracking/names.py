@@ -60,6 +60,22 @@ VERDICT_METRICS = {
 """The compared rival's numbers (``smotune.confirm.Comparison`` field -> parent metric)."""
 SEEDS_TO_DECIDE = "verdict_seeds_to_decide"
 SEEDS_PREFIX = "seeds."  # seeds.<config>: the seeds each confirmed config ran
+RUNG_FIELDS = {
+    "runs": "runs",
+    "pairs": "pairs",
+    "concordant": "concordant",
+    "discordant": "discordant",
+    "ties": "ties",
+    "concordance": "concordance",
+    "tau": "tau",
+    "p_value": "p",
+    "best_place": "best_place",
+}
+"""The parent's rung check, per ASHA rung (``smotune.rungs.RungCheck`` field -> the name after
+``rung_<epoch>/``; a value that is not finite, e.g. tau when every run ties, is not logged)."""
+TAG_RUNG_CHECK = "rung_check"  # the first rung's judgement: agrees, no_better_than_chance, ...
+
+
 TAG_VERDICT_CONFIG = "verdict_config"  # the rival the verdict's numbers are about
 TAG_VERDICT_METHOD = "verdict_method"
 TAG_DESCRIPTION = "mlflow.note.content"  # a run's description in MLflow's UI
@@ -84,3 +100,14 @@ RESULT_CHECKPOINT = "checkpoint_path"  # what Ray Train's TuneReportCallback add
 
 NAN_REASON = "nan loss"
 KILLED_REASON = "the sweep ended before this trial finished; `smotune sweep --resume` continues it"
+
+
+def rung_metric(epoch: float, field: str) -> str:
+    """``rung_2/tau``: ``field`` (a key of :data:`RUNG_FIELDS`) of the check at ASHA's rung
+    ``epoch`` (``rung_2.25/tau`` for a fractional rung)."""
+    return f"rung_{epoch:g}/{RUNG_FIELDS[field]}"
+
+
+def rung_tag(epoch: float) -> str:
+    """``rung_2/judgement``: the check's judgement at ASHA's rung ``epoch``."""
+    return f"rung_{epoch:g}/judgement"

@@ -20,6 +20,8 @@ Operations (JSON fields besides ``t``, ``n``, ``op``):
   the parent FINISHED;
 - ``verdict``: ``parent``, ``verdict``, ``metrics``, ``best_label``, ``time`` (see
   :mod:`smotune.tracking.verdict`);
+- ``rungs``: ``parent``, ``time``; the rung check computed from what MLflow holds,
+  logged on the parent (see :mod:`smotune.tracking.rungs`);
 - ``plots``: ``parent``; draws the sweep's plots from what MLflow holds and logs
   them under the parent's ``plots/`` (skipped when a later ``plots`` op of the
   same parent waits: only the newest is drawn; see :mod:`smotune.tracking.history`).
@@ -262,3 +264,8 @@ class Store:
         from smotune.tracking.verdict import write_verdict
 
         write_verdict(self.client, self.run_id(op["parent"]), op, op["time"])
+
+    def _rungs(self, op: dict[str, Any]) -> None:
+        from smotune.tracking.rungs import write_rungs  # matplotlib: only where it is needed
+
+        write_rungs(self.client, self.run_id(op["parent"]), op["time"])
