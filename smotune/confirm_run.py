@@ -101,7 +101,7 @@ def _round(
         verbose,
         param_space=dict.fromkeys(runs[0]),  # the keys the preset points fill in
     ).fit()
-    if not tuners.ended(grid, len(runs)):
+    if not tuners.ended(grid, len(runs), sweep.train.epochs):
         return None
     return [(r.config, r.metrics or {}) for r in grid if r.error is None]
 

@@ -237,7 +237,7 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         resume,
         verbose,
     ).fit()
-    finished = tuners.ended(grid, sweep.search.samples)
+    finished = tuners.ended(grid, sweep.search.samples, sweep.train.epochs)
     parent_id = tracking.sweep_parent_id(sweep.tracking.uri, sweep.experiment, path)
     confirmed = None
     if sweep.search.confirm is not None and finished:

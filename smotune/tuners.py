@@ -64,13 +64,22 @@ def make(
     )
 
 
-def ended(grid: Any, expected: int) -> bool:
+def ended(grid: Any, expected: int, epochs: int) -> bool:
     """Whether every trial a Tuner was to run has ended (finished or failed).
 
     Tune's count alone is not enough: Ctrl-C ends the running trial and a PENDING one
     TERMINATED too (seen in test_sweep's Ctrl-C test). A trial really ended has an error,
-    or a last result Tune marked ``done`` (its function returned, or the scheduler
-    stopped it); a Ctrl-C'd one keeps its last epoch's result, not done, or none at all.
+    or reported its last epoch (of ``epochs``), or has a last result Tune marked ``done``
+    (its function returned, or the scheduler stopped it); a Ctrl-C'd one keeps an earlier
+    epoch's result, not done, or none at all. ``done`` alone is not enough either: a trial
+    that finished before a Ctrl-C came back from Tune's saved state without it (Ray 2.60,
+    seen in test_sweep's race test).
     """
-    ran = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
+    ran = sum(
+        1
+        for r in grid
+        if r.error is not None
+        or (r.metrics or {}).get("done")
+        or (r.metrics or {}).get("epoch", 0) >= epochs
+    )
     return grid.num_terminated + grid.num_errors >= expected and ran >= expected
