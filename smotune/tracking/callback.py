@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from ray.tune import Callback
 
-from smotune.config import SweepConfig, dump_train
+from smotune.config import SweepConfig, absolute_paths, dump_train
 from smotune.space import trial_config
 from smotune.tracking.check import error_line, redact
 from smotune.tracking.journal import (
@@ -184,7 +184,10 @@ class MlflowSweepCallback(Callback):
         """Start the trial's child run (created, or its existing run set RUNNING again)."""
         journal = self._attach()
         old = self._trials.get(trial.trial_id, {})
-        cfg = trial_config(self.sweep, trial.config)
+        # what the trial trains (trial.trial_run_config): local data paths absolute from the
+        # driver's directory, where the sweep's paths were checked and its trainable's
+        # base_dir was taken, so train.yaml and best.yaml run the same from anywhere
+        cfg = absolute_paths(trial_config(self.sweep, trial.config))
         tags = {
             TAG_KIND: KIND_TRIAL,
             TAG_TRIAL_ID: trial.trial_id,
