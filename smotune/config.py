@@ -207,6 +207,18 @@ class Distribution(_Strict):
         """The values to check against the train config: the bounds, every choice, the value."""
         return [self.value] if DIST_KINDS[self.kind].shape == "value" else list(self.value)
 
+    def words(self) -> str:
+        """The entry as a person reads it: ``uniform 0-0.3``, ``loguniform 0.01-1``,
+        ``choice prob, laclip``, ``fixed 0.1`` (``-1 to 1`` when a bound is negative)."""
+        shape = DIST_KINDS[self.kind].shape
+        if shape == "range":
+            low, high = self.value
+            joint = "-" if low >= 0 and high >= 0 else " to "
+            return f"{self.kind} {low:g}{joint}{high:g}"
+        if shape == "choices":
+            return f"{self.kind} {', '.join(str(v) for v in self.value)}"
+        return f"{self.kind} {self.value}"
+
     def contains(self, value: Any) -> bool:
         shape = DIST_KINDS[self.kind].shape
         if shape == "range":
