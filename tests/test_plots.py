@@ -175,6 +175,9 @@ def test_learning_curves_label_each_line_by_its_number_legibly(tmp_path, monkeyp
     for i, t in enumerate(data.trials):  # tied to the line's last point
         assert labels[f"#{i}"].xy == t.curve[-1]
     renderer = ax.figure.canvas.get_renderer()
+    nan = plots.TrialData("n", "failed", {}, [(1, float("nan"))], None, 1)  # no end to label
+    only_nan = plots.SweepData(**{**data.__dict__, "trials": [nan]})
+    assert "learning_curves.png" in plots.render(only_nan, tmp_path / "nan").files
     boxes = [Text.get_window_extent(t, renderer) for t in labels.values()]  # no leader line
     inside = ax.get_window_extent(renderer).expanded(1.2, 1.0)
     for n, a in enumerate(boxes):

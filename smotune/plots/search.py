@@ -68,6 +68,8 @@ def _end_labels(fig: Any, ax: Any, ends: list[tuple[float, float, str, str]]) ->
     """Each line's trial number just right of its last point. Labels that would overlap (ends
     at the same epoch, close values) are spread apart vertically, each tied to its point by a
     thin line; the y range grows if a column of labels does not fit."""
+    if not ends:
+        return
     fig.canvas.draw()  # the axes' size in pixels after the layout
     box = ax.get_window_extent()
     font_px = LABEL_PT * fig.dpi / 72
