@@ -5,10 +5,12 @@ config (``train:``) plus a ``space:`` of dotted paths into it and the sweep's
 own settings. Every mistake is raised as :class:`smotune.errors.UserError`
 naming the file, the field and the fix.
 
-Relative local data paths are kept as written (so an exported config stays
-portable) and checked against the directory the command runs in;
+Relative local data paths are read from the directory the command runs in
+(checked there) and kept as written in the config a user gave;
 :func:`absolute_paths` turns them into absolute ones before a run leaves that
-directory (Ray workers and Tune trials run elsewhere).
+directory (Ray workers and Tune trials run elsewhere) and before a trial's
+config is logged, so the config a sweep exports runs the same from anywhere.
+Object-store URIs (``s3://``, ...) are never touched.
 """
 
 from __future__ import annotations
@@ -204,6 +206,18 @@ class Distribution(_Strict):
     def extremes(self) -> list[Any]:
         """The values to check against the train config: the bounds, every choice, the value."""
         return [self.value] if DIST_KINDS[self.kind].shape == "value" else list(self.value)
+
+    def words(self) -> str:
+        """The entry as a person reads it: ``uniform 0-0.3``, ``loguniform 0.01-1``,
+        ``choice prob, laclip``, ``fixed 0.1`` (``-1 to 1`` when a bound is negative)."""
+        shape = DIST_KINDS[self.kind].shape
+        if shape == "range":
+            low, high = self.value
+            joint = "-" if low >= 0 and high >= 0 else " to "
+            return f"{self.kind} {low:g}{joint}{high:g}"
+        if shape == "choices":
+            return f"{self.kind} {', '.join(str(v) for v in self.value)}"
+        return f"{self.kind} {self.value}"
 
     def contains(self, value: Any) -> bool:
         shape = DIST_KINDS[self.kind].shape
@@ -427,17 +441,42 @@ def _check_paths(where: str, train: TrainConfig, prefix: str, base: Path) -> Non
             raise UserError(
                 where,
                 prefix + "data.train",
-                f"shard {url} does not exist (relative to {base})",
-                "run `smotune data synth --out data/synth` or correct the path",
+                f"shard {url} does not exist{_relative_to(url, base)}",
+                _missing_fix(url, "write the data (`smotune data synth --out DIR` for the demo's)"),
             )
     zs = train.data.zeroshot
     if not is_remote(zs) and not (base / zs).is_dir():
         raise UserError(
             where,
             prefix + "data.zeroshot",
-            f"directory {zs} does not exist (relative to {base})",
-            "point it at a clip_benchmark webdataset dir or an ImageNet-style folder",
+            f"directory {zs} does not exist{_relative_to(zs, base)}",
+            _missing_fix(
+                zs, "point it at a clip_benchmark webdataset dir or an ImageNet-style folder"
+            ),
         )
+
+
+def _relative_to(path: str, base: Path) -> str:
+    return "" if os.path.isabs(path) else f" (relative to {base}, where smotune runs)"
+
+
+def _missing_fix(path: str, otherwise: str) -> str:
+    """The fix for a local data path that is not there. A relative one may be right but read
+    from another directory than it was written for (a config exported by a sweep that logged
+    relative paths, a config moved), so that comes first."""
+    if os.path.isabs(path):
+        return f"correct the path, or {otherwise}"
+    return (
+        "run from the directory the path is relative to (for an exported best.yaml: where "
+        f"its sweep ran) or write it absolute; else {otherwise}"
+    )
+
+
+def relative_paths(train: TrainConfig) -> list[str]:
+    """The config's local data paths that are relative (read from where smotune runs)."""
+    specs = [train.data.train] if isinstance(train.data.train, str) else list(train.data.train)
+    urls = [u for spec in specs for u in spec.split("::")] + [train.data.zeroshot]
+    return [u for u in urls if not is_remote(u) and not os.path.isabs(u)]
 
 
 def absolute_paths(train: TrainConfig, base: Path | None = None) -> TrainConfig:

@@ -80,14 +80,30 @@ def values_text(config: dict[str, Any], paths: list[str]) -> str:
     return "  ".join(f"{p}={number(config[p])}" for p in paths if p in config)
 
 
-def stopped_line(
-    who: str, epoch: int, epochs: int, metric: str, value: float, rung: tuple | None
+def stop_reason(
+    epoch: int, epochs: int, metric: str, value: float, rung: tuple | None, mode: str = "max"
 ) -> str:
-    line = f"{who} stopped by ASHA at epoch {epoch}/{epochs}: {metric} {value:.4f}"
+    """Why ASHA stopped a trial, as the console prints it and MLflow's ``reason`` tag holds it:
+    the epoch, the value, and the rung's cutoff (``rung``: the scheduler's ``stop_rung``, None
+    when it does not know, e.g. a trial stopped again on ``--resume``)."""
+    text = f"stopped by ASHA at epoch {epoch}/{epochs}: {metric} {value:.4f}"
     if rung is not None:
         milestone, cutoff = rung
-        line += f" below the epoch-{int(milestone)} rung's cutoff {cutoff:.4f}"
-    return line
+        side = "below" if mode == "max" else "above"
+        text += f" {side} the epoch-{int(milestone)} rung's cutoff {cutoff:.4f}"
+    return text
+
+
+def stopped_line(
+    who: str,
+    epoch: int,
+    epochs: int,
+    metric: str,
+    value: float,
+    rung: tuple | None,
+    mode: str = "max",
+) -> str:
+    return f"{who} {stop_reason(epoch, epochs, metric, value, rung, mode)}"
 
 
 class SweepConsole(Callback):
@@ -107,6 +123,7 @@ class SweepConsole(Callback):
         label: Callable[[dict[str, Any]], str] | None = None,
     ):
         self.metric = sweep.search.metric
+        self.mode = sweep.search.mode
         self.epochs = sweep.train.epochs
         self.paths = list(optuna_space(sweep))
         self.total = total
@@ -176,7 +193,7 @@ class SweepConsole(Callback):
         elif epoch < self.epochs:
             stop_rung = getattr(self.scheduler, "stop_rung", None)
             rung = stop_rung(trial.trial_id) if stop_rung else None
-            line = stopped_line(who, epoch, self.epochs, self.metric, value, rung)
+            line = stopped_line(who, epoch, self.epochs, self.metric, value, rung, self.mode)
         else:
             line = f"{who} completed {epoch}/{self.epochs} epochs: {self.metric} {value:.4f}"
         self._end(trials, trial, line)

@@ -4,7 +4,9 @@ Reads MLflow only (through :mod:`smotune.tracking`), never Tune's files: the
 best trial is the completed child run with the highest final ``zeroshot_top1``
 of the experiment's latest sweep. Its train config is rebuilt from the run's
 config artifact, validated, checked against the run's params, and written as
-YAML that ``smotune train`` runs unchanged.
+YAML that ``smotune train`` runs unchanged, from any directory: the sweep logs
+local data paths absolute (a sweep that logged them relative gets a note saying
+where to run it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from smotune.config import (
     apply,
     dump_train,
     is_remote,
+    relative_paths,
     validate_train,
 )
 from smotune.errors import UserError
@@ -232,6 +235,15 @@ def export_best(
     verdict = sweep_info.get(tracking.TAG_VERDICT)
     confirmed = verdict not in (None, "none")
     header = f"# {note}\n" if note else ""  # one line: the command that finishes the sweep
+    relative = relative_paths(cfg)
+    where_to_run = (
+        f"its data paths are relative ({', '.join(relative)}; the sweep logged them so): "
+        "run it from the directory the sweep ran in"
+        if relative
+        else None
+    )
+    if where_to_run:
+        header += _comment(where_to_run)
     if confirmed and sweep_info.get(tracking.TAG_DESCRIPTION):
         header += _comment(f"sweep {experiment!r}, {sweep_info[tracking.TAG_DESCRIPTION]}")
     try:
@@ -257,6 +269,7 @@ def export_best(
             f"not confirmed over seeds ({one_run})"
         )
     notes = _override_notes(swept, cfg) + ([note] if note else [])
+    notes += [where_to_run] if where_to_run else []
     if fmt == "yaml":
         return "\n".join([head, *(f"  {n}" for n in notes), f"run it: smotune train {path}"])
     comments = [f"# {head}", *(f"# {n}" for n in notes)]

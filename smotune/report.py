@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smotune import confirm, plots, rungs
+from smotune.config import Distribution
 from smotune.errors import UserError, redact
 
 PAGE = "index.html"
@@ -63,11 +64,13 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
 
 
 def summary_table(data: plots.SweepData) -> str:
-    """One row per search trial: its searched values, epochs run, final metric, status."""
+    """One row per search trial: its number in the plots, its searched values, epochs run,
+    final metric, status and why it ended so (a failure's error, the rung ASHA stopped it at)."""
     paths = list(data.space)
-    head = ["trial", *paths, "epochs", data.metric, "status", "reason"]
+    head = ["#", "trial", *paths, "epochs", data.metric, "status", "reason"]
     rows = [
         [
+            plots.number(i),
             t.label,
             *(_cell(t.params.get(p, "-")) for p in paths),
             f"{t.epochs_run}/{data.epochs}",
@@ -75,9 +78,9 @@ def summary_table(data: plots.SweepData) -> str:
             t.status + (" (best)" if t.label == data.best_trial else ""),
             t.reason,
         ]
-        for t in data.trials
+        for i, t in enumerate(data.trials)
     ]
-    numeric = set(range(1, len(paths) + 3))
+    numeric = {0, *range(2, len(paths) + 4)}
     return _table(head, rows, numeric)
 
 
@@ -160,7 +163,9 @@ def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: 
     found = confirm_verdict(data) if data.seeds else None
     statuses = [t.status for t in data.trials]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
-    space = "; ".join(f"{p}: {_esc(e)}" for p, e in data.space.items())
+    space = "; ".join(
+        f"{p} {Distribution.model_validate(e).words()}" for p, e in data.space.items()
+    )
     asha = (
         f"ASHA grace {data.asha[0]}, reduction {data.asha[1]:g}" if data.asha else "no early stop"
     )
@@ -175,7 +180,7 @@ def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: 
         f"({_esc(data.run_id)}) in MLflow {_esc(redact(uri))}; drawn "
         f"{_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>",
         f"<p>objective: {_esc(data.mode)} <b>{_esc(data.metric)}</b> over {data.epochs} epochs; "
-        f"{_esc(asha)}; searched: {space or 'nothing'}</p>",
+        f"{_esc(asha)}; searched: {_esc(space or 'nothing')}</p>",
         "<h2>Verdict</h2>",
         f"<p class='verdict'>{_esc(verdict_text(data, found))}</p>",
         f"<h2>Search trials ({len(data.trials)}: {_esc(counts or 'none')})</h2>",

@@ -39,7 +39,8 @@ def fixed_values(sweep: SweepConfig) -> dict[str, Any]:
 def trial_config(sweep: SweepConfig, sample: dict[str, Any]) -> TrainConfig:
     """The train config of one trial, paths as written: ``train:``, the fixed values, the sample.
 
-    The one composition: the trial runs it (paths made absolute) and MLflow logs it.
+    The one composition: the trial runs it and MLflow logs it (both with the paths made
+    absolute, ``config.absolute_paths``).
     """
     return apply(sweep.train, {**fixed_values(sweep), **sample}, where="trial config")
 

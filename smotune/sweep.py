@@ -231,7 +231,7 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         scheduler,
         sweep.search.samples,
         [
-            tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags),
+            tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags, scheduler=scheduler),
             console.SweepConsole(sweep, sweep.search.samples, "search", scheduler=scheduler),
         ],
         resume,

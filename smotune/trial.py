@@ -237,8 +237,8 @@ def run_train(
 
 
 def trial_run_config(sweep: SweepConfig, sample: dict[str, Any], base_dir: str) -> TrainConfig:
-    """What a trial trains: ``space.trial_config`` (the config MLflow logs as ``train.yaml``)
-    with its relative data paths made absolute from ``base_dir``, where the sweep started."""
+    """What a trial trains, and MLflow logs as its ``train.yaml``: ``space.trial_config`` with
+    its relative data paths made absolute from ``base_dir``, where the sweep started."""
     return absolute_paths(trial_config(sweep, sample), Path(base_dir))
 
 

@@ -248,3 +248,17 @@ def test_dump_train_round_trips(tmp_path):
     path = tmp_path / "best.yaml"
     path.write_text(config.dump_train(sweep.train))
     assert config.load_train(path) == sweep.train
+
+
+def test_a_space_entry_in_words():
+    """How the report's "searched:" line says each entry (no Python dicts)."""
+    words = {
+        "{uniform: [0.0, 0.3]}": "uniform 0-0.3",
+        "{loguniform: [1.0e-4, 1.0]}": "loguniform 0.0001-1",
+        "{int: [1, 8]}": "int 1-8",
+        "{uniform: [-1.0, 1.0]}": "uniform -1 to 1",
+        "{choice: [prob, laclip]}": "choice prob, laclip",
+        "{fixed: 0.1}": "fixed 0.1",
+    }
+    for entry, text in words.items():
+        assert config.Distribution.model_validate(yaml.safe_load(entry)).words() == text

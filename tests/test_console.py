@@ -38,6 +38,13 @@ def test_an_asha_stop_names_the_rung_and_its_cutoff_when_known():
         "epoch-1 rung's cutoff 0.3333"
     )
     assert console.stopped_line(who, 2, 3, "zeroshot_top1", 0.5, None).endswith("0.5000")
+    # minimising, a stopped trial's value is above the cutoff; MLflow's reason tag is the same
+    # words without the trial's name
+    reason = console.stop_reason(1, 3, "train_loss", 2.5, (1, 2.0), mode="min")
+    assert (
+        reason
+        == "stopped by ASHA at epoch 1/3: train_loss 2.5000 above the epoch-1 rung's cutoff 2.0000"
+    )
 
 
 def test_a_train_epoch_is_one_line():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import shlex
 import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -23,8 +25,8 @@ name: {name}
 train:
   model: {{arch: tiny-vit, text_dropout: 0.1}}
   data:
-    train: "data/synth/train-{{0000..0003}}.tar"
-    zeroshot: data/synth/zeroshot
+    train: "{train}"
+    zeroshot: {zeroshot}
     rewrite_prob: 0.5
     samples_per_epoch: 512
   optim: {{lr: 2.0e-3, grad_clip: 1.0, warmup_steps: 20}}
@@ -38,12 +40,23 @@ tracking: {{uri: "{uri}"}}
 """
 
 
-def log_sweep(uri: str, name: str, trials: list[tuple[str, float, float, int]]) -> SweepConfig:
+TRAIN = "data/synth/train-{0000..0003}.tar"
+ZEROSHOT = "data/synth/zeroshot"
+
+
+def log_sweep(
+    uri: str,
+    name: str,
+    trials: list[tuple[str, float, float, int]],
+    train: str = TRAIN,
+    zeroshot: str = ZEROSHOT,
+) -> SweepConfig:
     """Log one sweep through the callback; ``trials``: (id, smoothing, weight decay, epochs run).
 
     zeroshot_top1 at epoch e is smoothing + 0.01 e, so the highest smoothing scores best.
+    The callback runs in the current directory, as in the sweep's driver.
     """
-    text = SWEEP_YAML.format(name=name, uri=uri)
+    text = SWEEP_YAML.format(name=name, uri=uri, train=train, zeroshot=zeroshot)
     sweep = SweepConfig.model_validate(yaml.safe_load(text))
     tune.register_trainable("smotune_export_trainable", lambda config: None)
     callback = tracking.MlflowSweepCallback(sweep, text)
@@ -65,17 +78,28 @@ def log_sweep(uri: str, name: str, trials: list[tuple[str, float, float, int]]) 
 @pytest.fixture(scope="module")
 def store(migrated_db, tmp_path_factory) -> str:
     """A sqlite store with one sweep: b0000002 is the best completed trial; c0000003 scores
-    higher but was stopped after epoch 1."""
+    higher but was stopped after epoch 1. The sweep ran in ``sweep_dir`` (its data paths are
+    relative to it); ``xs3`` is a sweep over object-store data."""
     root = tmp_path_factory.mktemp("export-store")
     shutil.copy(migrated_db, root / "mlflow.db")
     uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.MlflowClient(uri).create_experiment("xs", artifact_location=str(root / "artifacts"))
-    log_sweep(
-        uri,
-        "xs",
-        [("a0000001", 0.05, 0.1, 3), ("b0000002", 0.2, 0.3, 3), ("c0000003", 0.29, 0.05, 1)],
-    )
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("xs", artifact_location=str(root / "artifacts"))
+    client.create_experiment("xs3", artifact_location=str(root / "artifacts3"))
+    trials = [("a0000001", 0.05, 0.1, 3), ("b0000002", 0.2, 0.3, 3), ("c0000003", 0.29, 0.05, 1)]
+    sweep_dir = root / "sweep-dir"
+    (sweep_dir / ZEROSHOT).mkdir(parents=True)
+    for i in range(4):
+        (sweep_dir / f"data/synth/train-{i:04d}.tar").write_bytes(b"")
+    with contextlib.chdir(sweep_dir):
+        log_sweep(uri, "xs", trials)
+        log_sweep(uri, "xs3", trials, "s3://bucket/cc3m/train-{0000..0100}.tar", "gs://b/zs")
     return uri
+
+
+def sweep_dir(uri: str) -> Path:
+    """Where the store fixture's sweeps ran."""
+    return Path(uri.removeprefix("sqlite:///")).parent / "sweep-dir"
 
 
 def best_run(uri: str):
@@ -96,6 +120,57 @@ def test_yaml_equals_best_run_params(store, tmp_path):
     assert text.splitlines()[0].startswith(f"wrote {out}: trial b0000002")
     assert "zeroshot_top1 0.23" in text
     assert text.splitlines()[-1] == f"run it: smotune train {out}"
+
+
+def test_best_yaml_runs_from_any_directory(store, tmp_path, monkeypatch):
+    """The exported config reads the data the sweep read, wherever smotune train runs:
+    local paths absolute (from where the sweep ran), object-store URIs as written."""
+    out = tmp_path / "best.yaml"
+    text = export_best("xs", tracking_uri=store, out=str(out))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_train(out)  # what `smotune train best.yaml` does first: data paths checked
+    root = sweep_dir(store)
+    assert cfg.data.train == f"{root}/data/synth/train-{{0000..0003}}.tar"
+    assert cfg.data.zeroshot == f"{root}/data/synth/zeroshot"
+    assert "relative" not in out.read_text() and "relative" not in text
+    assert tracking.train_params(cfg) == best_run(store).data.params
+
+    export_best("xs3", tracking_uri=store, out=str(out))
+    remote = load_train(out)
+    assert remote.data.train == "s3://bucket/cc3m/train-{0000..0100}.tar"
+    assert remote.data.zeroshot == "gs://b/zs"
+
+
+def test_relative_paths_say_where_to_run(store, tmp_path, monkeypatch):
+    """A config with relative data paths read from elsewhere names the fix that works (the
+    directory they are relative to), and an export of one says where to run it."""
+    record, _ = tracking.best_trial_run(store, "xs")
+    old = yaml.safe_load(record.train_yaml)
+    old["data"].update(train=TRAIN, zeroshot=ZEROSHOT)  # as a sweep logged them before
+    out = tmp_path / "old.yaml"
+    out.write_text(yaml.safe_dump(old))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_train(out)
+    line = str(err.value)
+    assert "data.train: shard data/synth/train-0000.tar does not exist (relative to " in line
+    assert (
+        "fix: run from the directory the path is relative to (for an exported best.yaml: "
+        "where its sweep ran) or write it absolute" in line
+    )
+    monkeypatch.chdir(sweep_dir(store))
+    assert load_train(out).data.train == TRAIN
+
+    params = dict(record.params, **{"data.train": TRAIN, "data.zeroshot": ZEROSHOT})
+    logged = tracking.TrialRecord(
+        record.run_id, record.trial_id, record.status, params, record.metrics, yaml.safe_dump(old)
+    )
+    monkeypatch.setattr(tracking, "best_trial_run", lambda uri, experiment: (logged, {}))
+    text = export_best("xs", tracking_uri=store, out=str(out))
+    where = "run it from the directory the sweep ran in"
+    assert where in text and where in out.read_text().replace("\n# ", " ")
 
 
 def test_overrides(store, tmp_path):
@@ -143,7 +218,7 @@ def test_open_clip_train(store, tmp_path):
     assert flags["--warmup"] == "20" and flags["--epochs"] == "3" and flags["--batch-size"] == "128"
     assert flags["--precision"] == "amp"
     assert flags["--grad-clip-norm"] == "1.0"
-    assert flags["--train-data"] == "data/synth/train-{0000..0003}.tar"
+    assert flags["--train-data"] == f"{sweep_dir(store)}/data/synth/train-{{0000..0003}}.tar"
     assert flags["--dataset-type"] == "webdataset"
     assert flags["--train-num-samples"] == "1024"
     assert flags["--seed"] == "0" and flags["--lr-scheduler"] == "cosine"
@@ -156,7 +231,7 @@ def test_open_clip_train(store, tmp_path):
         "data.rewrite = prob, data.rewrite_prob = 0.5",
     ):
         assert f"# no open_clip_train flag for {setting}" in comments
-    assert "no --imagenet-val: data.zeroshot data/synth/zeroshot" in comments
+    assert f"no --imagenet-val: data.zeroshot {sweep_dir(store)}/data/synth/zeroshot" in comments
     assert "torchrun --nproc_per_node 2" in comments
     assert "smotune/model_configs/tiny-vit.json" in comments
 

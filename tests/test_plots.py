@@ -3,6 +3,7 @@ read, what is left out and why, and a plot that breaks never stopping the others
 
 from __future__ import annotations
 
+import html
 import logging
 
 import optuna
@@ -19,10 +20,11 @@ SPACE = {
 
 
 def sweep(n: int, seeds: bool = True, space: dict | None = None) -> plots.SweepData:
-    """``n`` trials: every third stopped by ASHA at epoch 1, the fifth failed, others completed."""
+    """``n`` trials: every third stopped by ASHA at epoch 1, the fifth failed, others completed
+    (10 completed at n = 16; the searched values stay inside SPACE up to n = 18)."""
     trials = []
     for i in range(n):
-        params = {"loss.label_smoothing": 0.3 * i / max(n, 1), "optim.weight_decay": 0.01 * 1.5**i}
+        params = {"loss.label_smoothing": 0.3 * i / max(n, 1), "optim.weight_decay": 0.01 * 1.3**i}
         params["optim.lr"] = 1e-9 if i % 3 == 2 else 1e-3
         status = "early_stopped" if i % 3 == 2 else "failed" if i == 4 else "completed"
         epochs = 3 if status == "completed" else 1
@@ -81,7 +83,7 @@ def test_the_study_holds_what_the_sweep_told_optuna():
 
 
 def test_render_draws_every_plot_or_says_why_not(tmp_path):
-    done = plots.render(sweep(8), tmp_path / "all")
+    done = plots.render(sweep(16), tmp_path / "all")
     assert done.skipped == {}
     assert done.files == [
         "learning_curves.png",
@@ -100,7 +102,8 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
 
     early = plots.render(sweep(1, seeds=False), tmp_path / "one")
     assert early.skipped == {
-        "param_importances.png": "needs at least two completed trials",
+        "param_importances.png": "1 completed trial; fANOVA's importances need at least 10 "
+        "(with fewer, their order is close to chance)",
         "asha_stops.png": "ASHA stopped no trial",
         "seed_paired.png": "no confirm run has completed",
     }
@@ -109,6 +112,85 @@ def test_render_draws_every_plot_or_says_why_not(tmp_path):
         "no ASHA in this sweep: no rung to check"
     )
     assert not (tmp_path / "one" / "seed_paired.png").exists()
+
+
+def test_importances_only_from_ten_completed_trials(tmp_path):
+    """Below ten completed trials fANOVA's bars are close to chance (see
+    MIN_COMPLETED_FOR_IMPORTANCES): neither the PNG nor optuna.html draws them, and both say
+    why; from ten on both do."""
+    few = plots.render(sweep(15), tmp_path / "few")  # 9 completed, 4 stopped, 1 failed
+    why = "9 completed trials; fANOVA's importances need at least 10"
+    assert few.skipped["param_importances.png"].startswith(why)
+    assert not (tmp_path / "few" / "param_importances.png").exists()
+    page = (tmp_path / "few" / "optuna.html").read_text()
+    assert f"<p>parameter importances: not drawn ({html.escape(why)}" in page
+    assert "<h2>parameter importances</h2>" not in page
+
+    enough = plots.render(sweep(16), tmp_path / "enough")
+    assert "param_importances.png" in enough.files
+    page = (tmp_path / "enough" / "optuna.html").read_text()
+    assert "<h2>parameter importances</h2>" in page and "not drawn" not in page
+
+
+def test_trial_numbers_agree_between_the_pngs_and_optuna():
+    """Trial i in start order is Optuna's trial number i in optuna.html, also when trials
+    before it cannot be in the study (running, killed, outside the space): those keep their
+    number as empty FAIL trials, which no figure draws."""
+    data = sweep(6, seeds=False)
+    odd = [
+        plots.TrialData("run0", "running", data.trials[0].params, [(1, 0.4)], 0.4, 1),
+        plots.TrialData("kill", "killed", data.trials[1].params, [(1, 0.3)], 0.3, 1),
+        plots.TrialData("out0", "completed", {"loss.label_smoothing": 0.9}, [(3, 0.5)], 0.5, 3),
+    ]
+    data = plots.SweepData(**{**data.__dict__, "trials": [*odd, *data.trials]})
+    st = plots.study(data)
+    assert [t.number for t in st.trials] == list(range(len(data.trials)))
+    assert [t.user_attrs["tune_trial_id"] for t in st.trials] == [t.label for t in data.trials]
+    for frozen in st.trials[:3]:
+        assert frozen.state.name == "FAIL" and not frozen.params and not frozen.intermediate_values
+    assert [t.state.name for t in st.trials[3:]] == ["COMPLETE", "COMPLETE", "PRUNED"] + [
+        "COMPLETE",
+        "FAIL",
+        "PRUNED",
+    ]
+    assert st.trials[3].params == data.trials[3].params
+
+
+def test_learning_curves_label_each_line_by_its_number_legibly(tmp_path, monkeypatch):
+    """Each line ends in its trial's number; with 20 trials whose ends crowd together (the
+    same epochs, values 0.001 apart) no two labels overlap."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    drawn = []
+    save = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k)
+    )
+    trials = []
+    for i in range(20):
+        stopped = i % 2 == 1
+        end = (0.3 if stopped else 0.5) + 0.001 * i
+        curve = [(1, end)] if stopped else [(1, 0.3), (2, 0.4), (3, end)]
+        status = "early_stopped" if stopped else "completed"
+        trials.append(plots.TrialData(f"t{i}", status, {}, curve, end, len(curve)))
+    data = plots.SweepData(**{**sweep(1, seeds=False).__dict__, "trials": trials})
+    assert "learning_curves.png" in plots.render(data, tmp_path).files
+    (ax,) = next(f for f in drawn if "per epoch" in f.axes[0].get_title()).axes
+    labels = {t.get_text(): t for t in ax.texts if t.get_text().startswith("#")}
+    assert sorted(labels) == sorted(f"#{i}" for i in range(20))
+    for i, t in enumerate(data.trials):  # tied to the line's last point
+        assert labels[f"#{i}"].xy == t.curve[-1]
+    renderer = ax.figure.canvas.get_renderer()
+    nan = plots.TrialData("n", "failed", {}, [(1, float("nan"))], None, 1)  # no end to label
+    only_nan = plots.SweepData(**{**data.__dict__, "trials": [nan]})
+    assert "learning_curves.png" in plots.render(only_nan, tmp_path / "nan").files
+    boxes = [Text.get_window_extent(t, renderer) for t in labels.values()]  # no leader line
+    inside = ax.get_window_extent(renderer).expanded(1.2, 1.0)
+    for n, a in enumerate(boxes):
+        assert inside.contains(a.x0, a.y0) and inside.contains(a.x1, a.y1)
+        for b in boxes[n + 1 :]:
+            assert not a.overlaps(b), (a, b)
 
 
 def test_a_broken_plot_is_a_warning_and_the_others_are_drawn(tmp_path, caplog):

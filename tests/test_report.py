@@ -25,17 +25,17 @@ import yaml
 from PIL import Image
 
 from smotune import confirm, plots, tracking
+from smotune import search as smotune_search
 from smotune.config import SweepConfig
 from smotune.tracking.history import read_sweep
 from smotune.tracking.journal import live
 from smotune.tracking.writer import close_journal
 
 EPOCHS = 3
-PNGS = {
+PNGS = {  # no param_importances.png: 2 completed trials are too few to say anything
     "learning_curves.png",
     "optimization_history.png",
     "parallel_coordinates.png",
-    "param_importances.png",
     "slice.png",
     "rung_check.png",
     "asha_stops.png",
@@ -43,11 +43,12 @@ PNGS = {
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASELINE = {"loss.label_smoothing": 0.1, "optim.weight_decay": 0.1}
-# trial id -> (label smoothing, weight decay, epochs it runs, NaN loss); ASHA stopped bbbb
+# trial id -> (label smoothing, weight decay, epochs it runs, NaN loss), in start order; the
+# sweep's own ASHA (grace 1, reduction 2) stops bbbb at epoch 1, below cccc's and aaaa's values
 SEARCH = {
+    "cccc0003": (0.1, 0.03, EPOCHS, False),
     "aaaa0001": (0.05, 0.3, EPOCHS, False),
     "bbbb0002": (0.25, 0.5, 1, False),
-    "cccc0003": (0.1, 0.03, EPOCHS, False),
     "dddd0004": (0.2, 0.02, 1, True),
 }
 STATUS = {"aaaa0001": "completed", "bbbb0002": "early_stopped", "cccc0003": "completed"}
@@ -96,11 +97,20 @@ def tune_trial(trial_id: str, config: dict):
     return Trial("smotune_report_trainable", config=config, trial_id=trial_id)
 
 
-def run_trial(callback, trials: list, trial, epochs: int, nan: bool = False) -> None:
+def run_trial(callback, trials: list, trial, epochs: int, nan: bool = False, asha=None) -> None:
+    """The trial's events as Tune calls them; ``asha`` (the sweep's scheduler) judges each
+    result first, as Tune's controller does, and must stop the trial where ``epochs`` ends
+    (ASHA stops every trial at its last epoch, max_t)."""
     trials.append(trial)
+    if asha is not None:
+        asha.on_trial_add(None, trial)
     callback.on_trial_start(0, trials, trial)
     for epoch in range(1, epochs + 1):
-        callback.on_trial_result(0, trials, trial, result(trial.config, epoch, nan))
+        res = result(trial.config, epoch, nan)
+        decision = asha.on_trial_result(None, trial, res) if asha is not None else None
+        callback.on_trial_result(0, trials, trial, res)
+        if asha is not None and not nan:
+            assert (decision == "STOP") == (epoch == epochs), (trial, epoch)  # or at max_t
     callback.on_trial_complete(0, trials, trial)
 
 
@@ -111,11 +121,12 @@ class Logged:
         text = SWEEP_YAML.format(name=name, uri=uri, storage=storage)
         self.uri, self.name = uri, name
         self.sweep = SweepConfig.model_validate(yaml.safe_load(text))
-        search = tracking.MlflowSweepCallback(self.sweep, text)
+        asha = smotune_search.make_scheduler(self.sweep, smotune_search.storage_url(self.sweep))
+        search = tracking.MlflowSweepCallback(self.sweep, text, scheduler=asha)
         trials: list = []
         for n, (trial_id, (s, wd, epochs, nan)) in enumerate(SEARCH.items()):
             config = {"loss.label_smoothing": s, "optim.weight_decay": wd}
-            run_trial(search, trials, tune_trial(trial_id, config), epochs, nan)
+            run_trial(search, trials, tune_trial(trial_id, config), epochs, nan, asha)
             if n == 0 and after_first_trial is not None:
                 assert search.flush(60)
                 after_first_trial(search.parent_run_id)
@@ -231,10 +242,21 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == (
-        f"wrote {out}/index.html: 4 search trials, 4 confirm runs, 9 plots in {out}/plots"
+        f"wrote {out}/index.html: 4 search trials, 4 confirm runs, 8 plots in {out}/plots; "
+        "not drawn: param_importances.png"
     )
+    text = (out / "index.html").read_text()
     page = Page()
-    page.feed((out / "index.html").read_text())
+    page.feed(text)
+    # the space as the sweep file says it, in words
+    searched = "searched: loss.label_smoothing uniform 0-0.3; optim.weight_decay loguniform 0.01-1"
+    assert f"{searched}</p>" in text
+    # importances over 2 completed trials are not drawn: the page and optuna.html say why
+    assert (
+        "Parameter importances: 2 completed trials; fANOVA&#x27;s importances need at least 10"
+        in text
+    )
+    assert not (out / "plots" / "param_importances.png").exists()
 
     # every image the page references is there and is a PNG; nothing is fetched from elsewhere
     images = [src for tag, src in page.refs if tag == "img"]
@@ -247,6 +269,7 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
     (link,) = [href for tag, href in page.refs if tag == "a"]
     optuna_page = (out / link).read_text()
     assert link == "plots/optuna.html" and "Plotly.newPlot" in optuna_page
+    assert "<p>parameter importances: not drawn (2 completed trials;" in optuna_page
     assert "<script src=" not in optuna_page.replace(" ", "").replace("<scriptsrc", "<script src")
 
     # the verdict as the sweep printed it, from the confirm runs
@@ -257,6 +280,7 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
     summary, confirmed = page.tables
     head, *rows = summary
     assert head == [
+        "#",
         "trial",
         "loss.label_smoothing",
         "optim.weight_decay",
@@ -265,15 +289,24 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
         "status",
         "reason",
     ]
-    by_trial = {row[0]: row for row in rows}
-    assert list(by_trial) == list(SEARCH)
-    for trial_id, (s, wd, epochs, nan) in SEARCH.items():
+    # trials numbered as in the PNGs and optuna.html: start order from 0
+    assert [row[:2] for row in rows] == [[f"#{i}", t] for i, t in enumerate(SEARCH)]
+    by_trial = {row[1]: row[1:] for row in rows}
+    # the epoch-1 rung held cccc's and aaaa's values when bbbb reached it; ASHA's cutoff at
+    # reduction 2 is their median
+    cutoff = (top1(0.1, 0.03, 1) + top1(0.05, 0.3, 1)) / 2
+    stopped = (
+        f"stopped by ASHA at epoch 1/{EPOCHS}: zeroshot_top1 {top1(0.25, 0.5, 1):.4f} below "
+        f"the epoch-1 rung's cutoff {cutoff:.4f}"
+    )
+    reasons = {"bbbb0002": stopped, "dddd0004": "nan loss"}
+    for trial_id, (s, wd, epochs, _) in SEARCH.items():
         row = by_trial[trial_id]
         assert row[1:4] == [f"{s:.4g}", f"{wd:.4g}", f"{epochs}/{EPOCHS}"]
         assert row[4] == f"{top1(s, wd, epochs):.4f}"
         best = " (best)" if trial_id == "aaaa0001" else ""
         assert row[5] == STATUS[trial_id] + best
-        assert row[6] == ("nan loss" if nan else "")
+        assert row[6] == reasons.get(trial_id, "")
 
     # the confirm table: each config's seeds, mean and std over the new seeds only
     head, *rows = confirmed

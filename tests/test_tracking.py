@@ -21,7 +21,7 @@ import yaml
 from ray.tune.experiment import Trial
 
 from smotune import cli, space, tracking
-from smotune.config import SweepConfig, dump_train
+from smotune.config import SweepConfig, absolute_paths, dump_train
 from smotune.errors import UserError
 from smotune.tracking.check import error_line
 from smotune.tracking.journal import live
@@ -190,7 +190,9 @@ def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSw
     assert best.data.tags["best"] == "true"
     best_yaml = Path(client.download_artifacts(parent.info.run_id, "best.yaml")).read_text()
     assert yaml.safe_load(best_yaml)["loss"]["label_smoothing"] == 0.0
-    assert best_yaml == dump_train(space.trial_config(sweep, {"loss.label_smoothing": 0.0}))
+    # the trial's config, its data paths absolute from where the sweep ran (the test's cwd)
+    best_cfg = absolute_paths(space.trial_config(sweep, {"loss.label_smoothing": 0.0}))
+    assert best_yaml == dump_train(best_cfg)
 
     assert not [r for r in [parent, *children] if r.info.status == "RUNNING"]
     rows = {r["trial_id"]: r for r in tracking.sweep_summary(sweep)}

@@ -11,13 +11,14 @@ Nothing here knows MLflow.
 :func:`render` writes into a directory:
 
 - ``learning_curves.png``: ``search.metric`` per epoch, one line per search
-  trial, coloured by status, an ``x`` where ASHA stopped a trial, ASHA's rungs
-  as dashed lines;
-- ``optimization_history.png``: each trial's final value in start order and the
+  trial, coloured by status and labelled with the trial's number at its end, an
+  ``x`` where ASHA stopped a trial, ASHA's rungs as dashed lines;
+- ``optimization_history.png``: each trial's final value by trial number and the
   best completed value so far;
 - ``parallel_coordinates.png``: one polyline per trial over the searched values
   and the metric (completed trials coloured by value, early-stopped in grey);
-- ``param_importances.png``: Optuna's fANOVA importances over the completed trials;
+- ``param_importances.png``: Optuna's fANOVA importances over the completed trials
+  (from ``study.MIN_COMPLETED_FOR_IMPORTANCES`` of them on: fewer say nothing);
 - ``slice.png``: each searched value against the final metric;
 - ``rung_check.png`` (with ASHA, once a run ran every epoch): one panel per rung,
   each full run's value there against its last epoch's, the rung check's tau, p
@@ -31,8 +32,12 @@ Nothing here knows MLflow.
   parallel coordinates, importances, slice) in one page, plotly.js embedded
   once (no network needed to open it).
 
-A plot that the data cannot support yet (e.g. importances with fewer than two
-completed trials) is left out and its reason returned.
+A trial's number is its place in start order from 0 (``#0``, ``#1``, ...), the
+number Optuna gives it in ``optuna.html``, and the report's ``#`` column.
+
+A plot that the data cannot support yet (e.g. importances with fewer than ten
+completed trials) is left out and its reason returned (``Rendered.skipped``);
+in ``optuna.html`` a line says why in the figure's place.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from smotune.plots.data import (
     Skip,
     SweepData,
     TrialData,
+    number,
 )
 from smotune.plots.search import (
     learning_curves,
@@ -89,6 +95,7 @@ __all__ = [
     "TrialData",
     "confirm_verdict",
     "importances",
+    "number",
     "render",
     "rung_epochs",
     "seed_groups",

@@ -139,12 +139,15 @@ class Skip(Exception):
     """The data cannot support this plot yet (the reason is the message)."""
 
 
+def number(i: int) -> str:
+    """Trial ``i`` (start order from 0, Optuna's trial number in optuna.html) as plots label it."""
+    return f"#{i}"
+
+
 def with_values(data: SweepData) -> list[tuple[int, TrialData]]:
-    """(start order from 1, trial) of the trials with a final value."""
+    """(trial number: start order from 0, trial) of the trials with a final value."""
     return [
-        (i, t)
-        for i, t in enumerate(data.trials, 1)
-        if t.value is not None and math.isfinite(t.value)
+        (i, t) for i, t in enumerate(data.trials) if t.value is not None and math.isfinite(t.value)
     ]
 
 

@@ -17,25 +17,31 @@ from smotune.plots.data import (
     Skip,
     SweepData,
     figure,
+    number,
     short,
     status_legend,
     with_values,
 )
 from smotune.rungs import rung_epochs
 
+LABEL_PT = 8.0  # the end-of-line labels' font size, points
+
 
 def learning_curves(data: SweepData, path: Path) -> None:
     fig = figure()
     ax = fig.subplots()
-    drawn = [t for t in data.trials if t.curve]
+    drawn = [(i, t) for i, t in enumerate(data.trials) if t.curve]
     if not drawn:
         raise Skip("no trial has reported an epoch yet")
-    for trial in drawn:
+    ends = []
+    for i, trial in drawn:
         xs, ys = zip(*trial.curve, strict=True)
         colour = STATUS_COLOURS.get(trial.status, "black")
         ax.plot(xs, ys, color=colour, marker=".", alpha=0.85, linewidth=1.2)
         if trial.status == "early_stopped":
             ax.plot(xs[-1], ys[-1], color=colour, marker="x", markersize=9, mew=2)
+        if math.isfinite(ys[-1]):
+            ends.append((xs[-1], ys[-1], number(i), colour))
     if data.asha is not None:
         for k, rung in enumerate(rung_epochs(*data.asha, data.epochs)):
             ax.axvline(rung, color="#555555", linestyle="--", linewidth=0.8)
@@ -52,9 +58,65 @@ def learning_curves(data: SweepData, path: Path) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel(data.metric)
-    ax.set_title(f"{data.name}: {data.metric} per epoch, one line per trial")
-    status_legend(ax, [t.status for t in drawn])
+    ax.set_title(f"{data.name}: {data.metric} per epoch, one line per trial (#: trial number)")
+    status_legend(ax, [t.status for _, t in drawn])
+    _end_labels(fig, ax, ends)
     fig.savefig(path)
+
+
+def _end_labels(fig: Any, ax: Any, ends: list[tuple[float, float, str, str]]) -> None:
+    """Each line's trial number just right of its last point. Labels that would overlap (ends
+    at the same epoch, close values) are spread apart vertically, each tied to its point by a
+    thin line; the y range grows if a column of labels does not fit."""
+    if not ends:
+        return
+    fig.canvas.draw()  # the axes' size in pixels after the layout
+    box = ax.get_window_extent()
+    font_px = LABEL_PT * fig.dpi / 72
+    left, right = ax.get_xlim()
+    room = (8 + 0.65 * font_px * max(len(t) for _, _, t, _ in ends)) / max(box.width, 1.0)
+    right = (right - left * room) / (1 - room)  # the right margin holds the longest label
+    ax.set_xlim(left, right)
+    dx = 7 / max(box.width, 1.0) * (right - left)  # 7 px right of the end (clear of an x)
+    low, high = ax.get_ylim()
+    gap = 1.25 * font_px * (high - low) / max(box.height, 1.0)
+    columns: dict[float, list[tuple[float, str, str]]] = {}
+    for x, y, text, colour in ends:
+        columns.setdefault(x, []).append((y, text, colour))
+    for x, column in columns.items():
+        column.sort()
+        placed = _spread([y for y, _, _ in column], gap, low + gap / 2, high - gap / 2)
+        low, high = min(low, placed[0] - gap / 2), max(high, placed[-1] + gap / 2)
+        for (y, text, colour), at in zip(column, placed, strict=True):
+            moved = abs(at - y) > gap / 4
+            ax.annotate(
+                text,
+                (x, y),
+                xytext=(x + dx, at),
+                fontsize=LABEL_PT,
+                color=colour,
+                va="center",
+                bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.75},
+                arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5} if moved else None,
+            )
+    ax.set_ylim(low, high)
+
+
+def _spread(ys: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Sorted ``ys`` moved as little as possible so neighbours are ``gap`` apart, kept inside
+    ``[low, high]`` when they fit (else they run over the top, and the caller widens)."""
+    placed: list[float] = []
+    for y in ys:
+        placed.append(max(y, placed[-1] + gap) if placed else y)
+    shift = sum(p - y for p, y in zip(placed, ys, strict=True)) / len(ys)
+    placed = [p - shift for p in placed]  # centred on the ends they label
+    if placed[0] < low:
+        placed = [p + low - placed[0] for p in placed]
+    if placed[-1] > high:
+        placed = [p - (placed[-1] - high) for p in placed]
+    if placed[0] < low:
+        placed = [p + low - placed[0] for p in placed]
+    return placed
 
 
 def optimization_history(data: SweepData, path: Path) -> None:
@@ -76,7 +138,7 @@ def optimization_history(data: SweepData, path: Path) -> None:
             ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color="#264653", label="best completed so far")
-    ax.set_xlabel("trial (start order)")
+    ax.set_xlabel("trial number (start order, as in optuna.html and the learning curves)")
     ax.set_ylabel(f"final {data.metric}")
     ax.set_title(f"{data.name}: optimisation history ({data.mode})")
     handles = [

@@ -25,7 +25,8 @@ from urllib.parse import urlparse
 
 from ray.tune import Callback
 
-from smotune.config import SweepConfig, dump_train
+from smotune.config import SweepConfig, absolute_paths, dump_train
+from smotune.console import stop_reason
 from smotune.space import trial_config
 from smotune.tracking.check import error_line, redact
 from smotune.tracking.journal import (
@@ -85,6 +86,9 @@ class MlflowSweepCallback(Callback):
     or the parent's journal key while the store has not created it yet).
     ``journal`` overrides where the journal lives (default: beside the sweep's
     Tune state, see :func:`~smotune.tracking.journal.sweep_journal_path`).
+    ``scheduler`` (the search's, if it has ``stop_rung``) gives an early-stopped
+    trial's ``reason`` tag the rung and cutoff that stopped it, worded as the
+    console words it.
     """
 
     def __init__(
@@ -96,8 +100,10 @@ class MlflowSweepCallback(Callback):
         parent_run_id: str | None = None,
         confirm_labels: Callable[[dict[str, Any]], str] | None = None,
         journal: str | Path | None = None,
+        scheduler: Any = None,
     ):
         self.sweep = sweep
+        self.scheduler = scheduler
         self.sweep_file_text = sweep_file_text
         self.parent_tags = parent_tags or {}
         self.phase = phase
@@ -184,7 +190,10 @@ class MlflowSweepCallback(Callback):
         """Start the trial's child run (created, or its existing run set RUNNING again)."""
         journal = self._attach()
         old = self._trials.get(trial.trial_id, {})
-        cfg = trial_config(self.sweep, trial.config)
+        # what the trial trains (trial.trial_run_config): local data paths absolute from the
+        # driver's directory, where the sweep's paths were checked and its trainable's
+        # base_dir was taken, so train.yaml and best.yaml run the same from anywhere
+        cfg = absolute_paths(trial_config(self.sweep, trial.config))
         tags = {
             TAG_KIND: KIND_TRIAL,
             TAG_TRIAL_ID: trial.trial_id,
@@ -282,10 +291,22 @@ class MlflowSweepCallback(Callback):
         tags = self._checkpoint_tag(rec, trial)
         if rec["status"] == FAILED:
             self._end(trial.trial_id, FAILED, rec["reason"], tags)
+        elif rec["last_epoch"] >= rec["epochs"]:
+            self._end(trial.trial_id, COMPLETED, tags=tags)
         else:
-            done = rec["last_epoch"] >= rec["epochs"]
-            self._end(trial.trial_id, COMPLETED if done else EARLY_STOPPED, tags=tags)
+            self._end(trial.trial_id, EARLY_STOPPED, self._stop_reason(trial.trial_id), tags)
         self._refresh_plots()
+
+    def _stop_reason(self, trial_id: str) -> str:
+        """Why ASHA stopped the trial: its last epoch and value, and the rung's cutoff when the
+        scheduler (``stop_rung``) knows it."""
+        rec, search = self._trials[trial_id], self.sweep.search
+        value = rec["metrics"].get(search.metric, math.nan)
+        stop_rung = getattr(self.scheduler, "stop_rung", None)
+        rung = stop_rung(trial_id) if stop_rung else None
+        return stop_reason(
+            rec["last_epoch"], rec["epochs"], search.metric, value, rung, search.mode
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._rec(trial)
