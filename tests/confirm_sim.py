@@ -36,7 +36,8 @@ def draw(
     noise: Noise,
     gains: tuple[float, ...] = (),
 ) -> np.ndarray:
-    """(sims, 1 + rivals, seeds) values; ``gains`` are the rivals' true gains in run sds."""
+    """(sims, 1 + rivals, seeds) values; ``gains`` are the first rivals' true gains in run sds
+    (the others gain nothing)."""
     configs = 1 + rivals
     scale = np.array(
         [noise.scale[i % len(noise.scale)] if noise.scale else 1.0 for i in range(configs)]
@@ -50,8 +51,10 @@ def draw(
     y = shared + np.sqrt(1 - noise.rho) * scale[None, :, None] * own
     if noise.collapse:
         y -= COLLAPSE * (rng.random(y.shape) < noise.collapse)
-    if gains:
-        y[:, 1:, :] += np.resize(np.asarray(gains, float), rivals)[None, :, None]
+    if gains:  # the first len(gains) rivals; the rest gain nothing
+        shift = np.zeros(rivals)
+        shift[: len(gains)] = gains
+        y[:, 1:, :] += shift[None, :, None]
     if noise.lattice is not None:
         y = np.round(y * noise.lattice)  # 1 sd = ``lattice`` steps of 1
     return y

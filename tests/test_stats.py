@@ -60,7 +60,8 @@ def test_no_gain_is_said_of_a_rival_that_gains_min_gain_at_most_five_percent():
     for k in (1, 3):
         for first, last in ((3, 3), (5, 5), (3, 8)):
             design = stats.Design(k, first, last, min_gain=0.5)
-            y = draw(rng, SIMS, k, last, Noise("normal", rho=0.5), gains=(0.5,))
+            # the hardest case: one rival gains exactly min_gain, the others clearly less
+            y = draw(rng, SIMS, k, last, Noise("normal", rho=0.5), gains=(0.5,) + (-3.0,) * (k - 1))
             r = stats.race(y, design)
             for verdict in (stats.NO_GAIN, stats.BEATS_BASELINE):
                 rate = np.mean(r.verdict == verdict)
