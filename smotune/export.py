@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,55 @@ def _job_path(out: Path) -> tuple[str, list[str]]:
     if rel.startswith(".."):
         return str(out), [f"# {out} is outside the working dir: copy it into . before submitting"]
     return rel, []
+
+
+def _here(path: Path) -> str:
+    """``path`` as a user types it from the current folder (relative when inside it)."""
+    rel = os.path.relpath(path, Path.cwd())
+    return rel if not rel.startswith("..") else str(path)
+
+
+def submit_command(out: Path, address: str) -> list[str]:
+    """Comment lines, then a ``ray job submit`` line that trains ``out`` as printed, from here.
+
+    - ``ray`` is this environment's (a user after ``make demo`` has no venv activated);
+    - ``RAY_AUTH_MODE=token``: Ray 2.60's clusters need the token (``~/.ray/auth_token``);
+    - ``--working-dir .`` leaves out what ``.gitignore`` names, ``best.yaml`` and ``data/``
+      among them in this repository: ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1`` ships them, and
+      ``.rayignore`` keeps the venv, the data and the checkpoints out instead;
+    - ``--storage``: the job's own folder is a temporary copy, so checkpoints go to
+      ``./runs`` by its absolute path.
+    """
+    job_path, outside = _job_path(out)
+    ray = Path(sys.executable).with_name("ray")
+    lines = [
+        *outside,
+        "# RAY_AUTH_MODE=token: Ray's clusters use token auth by default (the token is read from "
+        "~/.ray/auth_token; on another machine set RAY_AUTH_TOKEN too)",
+        "# the job runs the head's smotune, with the PATH of the process that started the head: "
+        "start the head from this project's venv",
+        "# on a cluster of other machines, train on data and --storage every node reaches "
+        "(URIs such as s3://, or a shared mount)",
+    ]
+    env = "RAY_AUTH_MODE=token"
+    if (Path.cwd() / ".gitignore").is_file():
+        env += " RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1"
+        lines.append(
+            "# RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1: the upload of --working-dir . leaves out what "
+            ".gitignore names (best.yaml); .rayignore says what to leave out instead"
+        )
+        if not (Path.cwd() / ".rayignore").is_file():
+            lines.append(
+                "# no .rayignore here: all of this folder is uploaded (Ray refuses more than "
+                "500 MiB); copy the project's .rayignore here first"
+            )
+    storage = Path("runs").absolute()
+    lines.append(
+        f"{env} {shlex.quote(_here(ray) if ray.is_file() else 'ray')} job submit --address "
+        f"{shlex.quote(address)} --working-dir . -- smotune train {shlex.quote(job_path)} "
+        f"--storage {shlex.quote(str(storage))}"
+    )
+    return lines
 
 
 def _imagenet_val(cfg: TrainConfig) -> str | None:
@@ -274,17 +324,5 @@ def export_best(
         return "\n".join([head, *(f"  {n}" for n in notes), f"run it: smotune train {path}"])
     comments = [f"# {head}", *(f"# {n}" for n in notes)]
     if fmt == "cmd":
-        job_path, outside = _job_path(path)
-        return "\n".join(
-            [
-                *comments,
-                *outside,
-                "# token-auth clusters (Ray's default): run it with RAY_AUTH_MODE=token (reads "
-                "~/.ray/auth_token; on another machine set RAY_AUTH_TOKEN)",
-                "# the job runs with the PATH of the process that started the head: start the "
-                "head from this project's venv",
-                f"ray job submit --address {shlex.quote(address)} --working-dir . -- "
-                f"smotune train {shlex.quote(job_path)}",
-            ]
-        )
+        return "\n".join([*comments, *submit_command(path, address)])
     return "\n".join([*comments, open_clip_train_command(cfg)])

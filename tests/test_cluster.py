@@ -692,6 +692,39 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         ).stdout
         assert "zeroshot_top1" in logs and "best.yaml" in logs
         assert token not in out + logs and canary not in out + logs
+
+        # the command `smotune best --format cmd` prints, run exactly as printed from the
+        # sweep's folder, which git-ignores best.yaml and data/ as this repository does
+        for ignore in (".gitignore", ".rayignore"):
+            shutil.copy(ROOT / ignore, work / ignore)
+        best = subprocess.run(
+            [str(VENV_BIN / "smotune"), "best", "--experiment", name, "--tracking-uri"]
+            + [f"sqlite:///{tmp_path}/mlflow.db", "--format", "cmd", "--address", address],
+            cwd=work,
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert best.returncode == 0, best.stderr
+        printed = best.stdout.strip().splitlines()[-1]
+        assert printed.startswith("RAY_AUTH_MODE=token RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 "), printed
+        trained = subprocess.run(
+            ["bash", "-c", printed],
+            cwd=work,
+            env=_clean_env(RAY_AUTH_TOKEN=token),  # RAY_AUTH_MODE is the line's own
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        said = trained.stdout + trained.stderr
+        assert trained.returncode == 0 and re.search(r"Job '\S+' succeeded", said), said[-4000:]
+        assert "final: epoch=2" in said  # smotune train's last line, from the job's logs
+        assert list((work / "runs").glob("best-*/checkpoint_*/model.pt"))  # --storage as printed
+        # what the job got: best.yaml, not the git-ignored data or the venv
+        uploads = Path(temp_dir) / "session_latest" / "runtime_resources" / "working_dir_files"
+        shipped = [p for p in uploads.glob("*/best.yaml")]
+        assert len(shipped) == 1 and not (shipped[0].parent / "data").exists(), shipped
         passed = True
     finally:
         _stop_session(head)

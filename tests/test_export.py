@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import mlflow
@@ -190,15 +191,28 @@ def test_tracking_uri_from_environment(store, tmp_path, monkeypatch):
 
 
 def test_cmd(store, tmp_path, monkeypatch):
+    """The line runs from here (this venv's ray, the token, the storage by absolute path); in
+    a folder that git-ignores best.yaml it makes Ray ship it (test_cluster submits it)."""
     monkeypatch.chdir(tmp_path)
+    ray = shlex.quote(str(Path(sys.executable).with_name("ray")))
+    tail = (
+        f"{ray} job submit --address http://10.1.2.3:8265 --working-dir . -- smotune train "
+        f"best.yaml --storage {tmp_path / 'runs'}"
+    )
     text = export_best("xs", tracking_uri=store, fmt="cmd", address="http://10.1.2.3:8265")
     lines = text.splitlines()
-    assert lines[-1] == (
-        "ray job submit --address http://10.1.2.3:8265 --working-dir . -- smotune train best.yaml"
-    )
+    assert lines[-1] == f"RAY_AUTH_MODE=token {tail}"
     assert all(line.startswith("# ") for line in lines[:-1])
-    assert any("RAY_AUTH_MODE=token" in line for line in lines[:-1])
     assert load_train(tmp_path / "best.yaml", check_paths=False).loss.label_smoothing == 0.2
+    # a folder with a .gitignore: Ray would leave best.yaml out without the switch
+    (tmp_path / ".gitignore").write_text("best.yaml\n")
+    lines = export_best("xs", tracking_uri=store, fmt="cmd", address="http://10.1.2.3:8265")
+    lines = lines.splitlines()
+    assert lines[-1] == f"RAY_AUTH_MODE=token RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 {tail}"
+    assert any("no .rayignore here" in line for line in lines)
+    (tmp_path / ".rayignore").write_text(".venv/\n")
+    lines = export_best("xs", tracking_uri=store, fmt="cmd", address="http://10.1.2.3:8265")
+    assert not any("no .rayignore here" in line for line in lines.splitlines())
 
 
 def test_open_clip_train(store, tmp_path):
