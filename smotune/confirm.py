@@ -235,10 +235,13 @@ class Verdict:
     def words(self, metric: str) -> str:
         """The verdict as one paragraph: what is claimed, on what numbers, what best.yaml is."""
         if self.verdict is None:
-            return (
-                "no verdict: no searched config apart from the baseline finished its confirm "
-                "runs; best.yaml is the baseline"
+            why = (
+                "no searched config apart from the baseline completed in the search"
+                if len(self.groups) < 2
+                else "fewer than two seeds at which the baseline and a searched config both "
+                "finished"
             )
+            return f"no verdict: {why}; best.yaml is the search's best trial (one run, one seed)"
         shown, design = self.shown, self.design
         assert shown is not None and design is not None
         gain = f"{metric} gain over the baseline"

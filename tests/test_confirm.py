@@ -95,9 +95,11 @@ def test_the_race_drops_rivals_behind_and_races_the_rest():
 def test_no_verdict_without_a_rival_or_a_finished_pair():
     base = _group("baseline", [0.6, 0.61])
     v = confirm.judge([base], _plan(2))
-    assert v.verdict is None and v.chosen is base and "no verdict" in v.words("zeroshot_top1")
+    words = v.words("zeroshot_top1")
+    assert v.verdict is None and v.chosen is base and words.startswith("no verdict: no searched")
     v = confirm.judge([base, _group("t1", [])], _plan(2))
     assert v.verdict is None and v.chosen is base
+    assert v.words("m").startswith("no verdict: fewer than two seeds at which the baseline")
 
 
 def _sweep(tmp_path, include_default: bool = True) -> SweepConfig:
@@ -166,3 +168,11 @@ def test_groups_are_the_baseline_and_the_top_completed_configs(tmp_path):
     groups = confirm.choose_groups(sweep, storage)
     assert [g.label for g in groups] == ["baseline", "t0.12"]
     assert groups[0].search_value == 0.9
+
+
+def test_the_plan_of_a_racing_sweep(tmp_path):
+    sweep = _sweep(tmp_path)
+    sweep.search.confirm.max_seeds = 5
+    plan = confirm.Plan.of(sweep)
+    assert plan.seeds == (8, 9, 10, 11, 12) and (plan.first, plan.last) == (3, 5)
+    assert plan.design(2) == stats.Design(2, 3, 5)
