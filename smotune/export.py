@@ -30,6 +30,7 @@ from smotune.config import (
     relative_paths,
     validate_train,
 )
+from smotune.confirm import BASELINE
 from smotune.errors import UserError
 
 FORMATS = ("yaml", "cmd", "open_clip_train")
@@ -307,11 +308,11 @@ def export_best(
     if confirmed:
         chosen = sweep_info.get(tracking.TAG_BEST_TRIAL, record.trial_id)
         seeds = sweep_info.get(tracking.SEEDS_PREFIX + chosen, float("nan"))
+        against = "" if chosen == BASELINE else f" (baseline {_mean_std(sweep_info, 'baseline')})"
         head = (
             f"wrote {path}: {chosen}, verdict {verdict}; confirmed over {seeds:.0f} new seeds: "
-            f"{sweep_info[tracking.OBJECTIVE]} {_mean_std(sweep_info, 'best')} (baseline "
-            f"{_mean_std(sweep_info, 'baseline')}); the config of its seed "
-            f"{record.params.get('seed')} run ({one_run})"
+            f"{sweep_info[tracking.OBJECTIVE]} {_mean_std(sweep_info, 'best')}{against}; the "
+            f"config of its seed {record.params.get('seed')} run ({one_run})"
         )
     else:
         head = (

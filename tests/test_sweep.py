@@ -269,7 +269,10 @@ def test_sweep_end_to_end(ray_cluster, synth_data, tmp_path, monkeypatch, capsys
     for name, value in best_child.data.params.items():
         if name in flat:
             assert str(flat[name]) == value, name
-    capsys.readouterr()  # what report, ensemble and best printed
+    said = capsys.readouterr().out  # what report and best printed: best leads with the mean
+    mean = statistics.fmean(values[chosen].values())
+    assert f"wrote exported.yaml: {chosen}, verdict {verdict}; confirmed over 2 new seeds: " in said
+    assert f"zeroshot_top1 {mean:.4f} ± " in said
     assert (
         cli.main(["train", "exported.yaml", "--epochs", "1", "--storage", str(tmp_path / "full")])
         == 0
