@@ -708,7 +708,8 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         )
         assert best.returncode == 0, best.stderr
         printed = best.stdout.strip().splitlines()[-1]
-        assert printed.startswith("RAY_AUTH_MODE=token RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 "), printed
+        switches = "RAY_AUTH_MODE=token RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 "
+        assert printed.startswith(switches), printed
         trained = subprocess.run(
             ["bash", "-c", printed],
             cwd=work,
