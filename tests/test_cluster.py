@@ -724,8 +724,9 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         assert list((work / "runs").glob("best-*/checkpoint_*/model.pt"))  # --storage as printed
         # what the job got: best.yaml, not the git-ignored data or the venv
         uploads = Path(temp_dir) / "session_latest" / "runtime_resources" / "working_dir_files"
-        shipped = [p for p in uploads.glob("*/best.yaml")]
-        assert len(shipped) == 1 and not (shipped[0].parent / "data").exists(), shipped
+        (shipped,) = [p.parent for p in uploads.glob("*/.rayignore")]  # the sweep's had none
+        assert (shipped / "best.yaml").is_file() and (work / "data").is_dir()
+        assert not (shipped / "data").exists() and not (shipped / "runs").exists()
         passed = True
     finally:
         _stop_session(head)
