@@ -24,11 +24,11 @@ PAGE = "index.html"
 PLOTS = "plots"
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 84em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; font-size: 0.92em; }
 th { background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .verdict { font-size: 1.1em; padding: 0.6em 1em; background: #eef6f5;
   border-left: 4px solid #2a9d8f; }
 figure { margin: 2em 0; }
@@ -120,7 +120,7 @@ def confirm_table(data: plots.SweepData, found: confirm.Verdict) -> str:
     paths = list(data.space)
     by_label = {c.group.label: c for c in found.comparisons}
     head = ["config", *paths, "seeds", f"mean {data.metric}", "std", "search seed"]
-    head += ["gain over baseline [interval]", "p (needed)", "race"]
+    head += ["gain [interval]", "p (needed)", "race"]
     rows = []
     for g in found.groups:
         c = by_label.get(g.label)

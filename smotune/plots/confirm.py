@@ -106,5 +106,5 @@ def _gains(ax, found: confirm.Verdict | None, data: SweepData) -> None:
     ax.axvline(min_gain, color="black", linewidth=0.9, linestyle="--")
     ax.set_yticks(range(len(judged)), [c.group.label for c in judged])
     ax.set_ylim(-0.6, len(judged) - 0.4)
-    ax.set_xlabel("gain per seed over the baseline (dashed: min_gain)")
+    ax.set_xlabel("gain per seed over the baseline\n(dashed line: min_gain)")
     ax.set_title("gain and its interval (green: claimed)")
