@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smotune import sweep
+from smotune import sweep, tuners
 from smotune.config import SweepConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +74,10 @@ def test_resume_with_an_edited_sweep_file_names_what_changed(tmp_path, sqlite_ur
     from smotune import config
 
     cfg = config.load_sweep(path)
-    sweep._write_record(cfg, sweep.experiment_path(cfg), str(path), resume=False)
-    sweep._check_unchanged(cfg, sweep.experiment_path(cfg), str(path))  # the same file passes
+    sweep._write_record(cfg, tuners.experiment_path(cfg), str(path), resume=False)
+    sweep._check_unchanged(cfg, tuners.experiment_path(cfg), str(path))  # the same file passes
     edited = cfg.model_copy(deep=True)
     edited.train.optim.lr = 0.5
     with pytest.raises(Exception, match=r"train.optim.lr \(0.001 -> 0.5\)") as err:
-        sweep._check_unchanged(edited, sweep.experiment_path(cfg), str(path))
+        sweep._check_unchanged(edited, tuners.experiment_path(cfg), str(path))
     assert "fix:" in str(err.value) and "\n" not in str(err.value)
