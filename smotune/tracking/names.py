@@ -90,10 +90,15 @@ TRANSFER_FIELDS = {
 }
 """The parent's transfer check (``smotune.transfer.Transfer``: counts, rank agreement of the two
 fidelities' means, whether the winner held as 1/0; a non-finite value is not logged)."""
-TRANSFER_VERDICT_METRICS = {f: f"transfer/{f}" for f in ("gain", "lower", "upper", "p")}
-TRANSFER_VERDICT_METRICS.update(
-    {"p_needed": "transfer/p_needed", "df": "transfer/df", "sd": "transfer/sd"}
-)
+TRANSFER_VERDICT_METRICS = {
+    "gain": "transfer/gain",
+    "lower": "transfer/gain_lower",
+    "upper": "transfer/gain_upper",
+    "p": "transfer/p",
+    "p_needed": "transfer/p_needed",
+    "df": "transfer/df",
+    "sd": "transfer/sd",
+}
 """The compared rival's numbers at the transfer fidelity (``Comparison`` field -> metric)."""
 TRANSFER_SEEDS_TO_DECIDE = "transfer/seeds_to_decide"
 TAG_TRANSFER_VERDICT = "transfer_verdict"  # the verdict at the transfer fidelity
