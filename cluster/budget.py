@@ -10,7 +10,9 @@ stopping, and with ASHA, and the checkpoint bytes they write. ASHA's saving is
 simulated with Ray's rule (``_Bracket.on_result``: at each rung a trial goes on
 only if its score reaches the (1 - 1/reduction) quantile of the scores already
 recorded there), the sweep's trial count and concurrency, and trials whose score is a fixed quality
-plus epoch noise that shrinks as 1/sqrt(epoch). The throughput is an
+plus epoch noise that shrinks as 1/sqrt(epoch). The confirm phase's runs are full trials;
+the transfer phase's (``search.transfer``) are full trials of ``train:`` with its
+overrides applied (their epochs, samples per epoch, workers and model). The throughput is an
 assumption: measure it with a one-epoch ``smotune train`` on one GPU node
 (its ``samples_per_s`` divided by the GPUs) and run this again.
 
@@ -40,7 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from smotune.config import ModelConfig, SweepConfig, load_sweep  # noqa: E402
+from smotune.config import (  # noqa: E402
+    ModelConfig,
+    SweepConfig,
+    TrainConfig,
+    load_sweep,
+    transfer_train,
+)
 from smotune.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 OVERHEAD_FILE = ROOT / "bench" / "results" / "sweep_overhead.json"
@@ -140,24 +148,38 @@ def simulate_asha(
     return float(np.mean(means))
 
 
-def estimate(
-    sweep: SweepConfig,
+class TrialCost(NamedTuple):
+    """What one run of a train config costs (see :func:`trial_cost`)."""
+
+    gpus: float
+    samples: int  # global samples per epoch
+    ckpt: float  # bytes of a checkpoint with AdamW's state
+    last: float  # bytes of the last epoch's (the model only)
+    write_s: float
+    epoch_s: float
+    epoch_h: float  # GPU-hours of an epoch
+    start_h: float  # GPU-hours of the fixed cost
+    trial_h: float  # GPU-hours of a run of every epoch
+    full_bytes: float  # bytes a run of every epoch writes
+
+
+def trial_cost(
+    t: TrainConfig,
     per_gpu: float,
     eval_s: float,
     overhead: Overhead,
     params: int,
     write_mb_s: float,
-) -> dict:
-    """The cost of ``sweep``: ``lines`` of arithmetic (see the module docstring) and the
-    numbers they print (``total_gpu_h``, ``written_bytes``, ...)."""
-    t = sweep.train
+    field: str = "train.",
+) -> TrialCost:
+    """The cost of one run of ``t`` (``field``: where ``t`` is in the sweep file, for errors)."""
     if t.data.samples_per_epoch is None:
         raise UserError(
-            sweep.name, "train.data.samples_per_epoch", "is not set", "set the epoch length"
+            "sweep", f"{field}data.samples_per_epoch", "is not set", "set the epoch length"
         )
     if t.workers.gpus <= 0:
         raise UserError(
-            sweep.name, "train.workers.gpus", "is 0: this counts GPU-hours", "set it above 0"
+            "sweep", f"{field}workers.gpus", "is 0: this counts GPU-hours", "set it above 0"
         )
     gpus = t.workers.num * t.workers.gpus
     samples = t.data.samples_per_epoch * t.workers.num
@@ -168,6 +190,31 @@ def estimate(
     epoch_h = epoch_s * gpus / 3600
     start_h = overhead.fixed_s * gpus / 3600
     trial_h = t.epochs * epoch_h + start_h
+    full_bytes = (t.epochs - 1) * ckpt + last  # one run of every epoch writes
+    return TrialCost(
+        gpus, samples, ckpt, last, write_s, epoch_s, epoch_h, start_h, trial_h, full_bytes
+    )
+
+
+def estimate(
+    sweep: SweepConfig,
+    per_gpu: float,
+    eval_s: float,
+    overhead: Overhead,
+    params: int,
+    write_mb_s: float,
+    transfer_params: int | None = None,
+) -> dict:
+    """The cost of ``sweep``: ``lines`` of arithmetic (see the module docstring) and the
+    numbers they print (``total_gpu_h``, ``written_bytes``, ...). ``transfer_params``: the
+    parameters of the transfer phase's model (default: ``params``, the same arch)."""
+    t = sweep.train
+    try:
+        c = trial_cost(t, per_gpu, eval_s, overhead, params, write_mb_s)
+    except UserError as err:
+        raise UserError(sweep.name, err.field, err.problem, err.fix) from None
+    gpus, samples, ckpt, last, write_s = c.gpus, c.samples, c.ckpt, c.last, c.write_s
+    epoch_s, epoch_h, start_h, trial_h = c.epoch_s, c.epoch_h, c.start_h, c.trial_h
     n = sweep.search.samples
     lines = [
         f"samples/epoch: {t.data.samples_per_epoch:,} per worker x {t.workers.num} workers"
@@ -181,7 +228,7 @@ def estimate(
         f" ({overhead.fixed_s:g} s a trial) = {trial_h:.1f} GPU-h",
         f"{n} trials without early stopping: {n * trial_h:,.0f} GPU-h",
     ]
-    full_bytes = (t.epochs - 1) * ckpt + last  # one run of every epoch writes
+    full_bytes = c.full_bytes
     asha = sweep.schedule.asha
     if asha is None:
         lines.append(f"total: {n * trial_h:,.0f} GPU-h")
@@ -213,6 +260,29 @@ def estimate(
             f"confirm: (baseline + top {confirm.top}) x {confirm.seeds} seeds = {runs} full"
             f" trials x {trial_h:.1f} = {runs * trial_h:,.0f} GPU-h; sweep total {total:,.0f} GPU-h"
         )
+    transfer = sweep.search.transfer
+    if transfer is not None:
+        high = transfer_train(sweep, sweep.name)
+        h_params = params if transfer_params is None else transfer_params
+        try:
+            hc = trial_cost(
+                high, per_gpu, eval_s, overhead, h_params, write_mb_s, "search.transfer.overrides."
+            )
+        except UserError as err:
+            raise UserError(sweep.name, err.field, err.problem, err.fix) from None
+        runs = (transfer.top + 1) * transfer.seeds
+        total += runs * hc.trial_h
+        written += runs * hc.full_bytes
+        kept += runs * hc.last
+        trial_epochs += runs * high.epochs
+        changed = ", ".join(f"{p} {v}" for p, v in transfer.overrides.items())
+        lines += [
+            f"transfer fidelity ({changed}): {hc.samples:,} samples/epoch, {hc.epoch_h:.2f}"
+            f" GPU-h an epoch, all {high.epochs} epochs + fixed = {hc.trial_h:.1f} GPU-h a run",
+            f"transfer: (baseline + top {transfer.top}) x {transfer.seeds} seeds = {runs} runs"
+            f" x {hc.trial_h:.1f} = {runs * hc.trial_h:,.0f} GPU-h; sweep total"
+            f" {total:,.0f} GPU-h",
+        ]
     lines.append(
         f"checkpoints written: {written / 1e12:.2f} TB (a full trial {full_bytes / 1e9:.0f} GB);"
         f" kept in storage.path at the end: at most {kept / 1e9:,.0f} GB"
@@ -225,7 +295,7 @@ def estimate(
     return {
         "lines": lines,
         "total_gpu_h": total,
-        "trial_epochs": trial_epochs,  # epochs trained by all trials, confirm runs included
+        "trial_epochs": trial_epochs,  # epochs trained by all runs, confirm and transfer included
         "written_bytes": written,
         "kept_bytes": kept,
     }
@@ -263,7 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.startup_s, overhead.bytes_per_param, overhead.last_bytes_per_param, "given"
             )
         params = count_params(sweep.train.model.arch)
-        lines = budget(sweep, args.per_gpu, args.eval_s, overhead, params, args.write_mb_s)
+        transfer_params = None
+        if sweep.search.transfer is not None:  # model.arch may be one of its overrides
+            arch = transfer_train(sweep, args.sweep_file).model.arch
+            transfer_params = params if arch == sweep.train.model.arch else count_params(arch)
+        lines = estimate(
+            sweep, args.per_gpu, args.eval_s, overhead, params, args.write_mb_s, transfer_params
+        )["lines"]
     except UserError as err:
         print(f"budget: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

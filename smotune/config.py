@@ -268,6 +268,17 @@ class ConfirmConfig(_Strict):
         return self.max_seeds if self.max_seeds is not None else self.seeds
 
 
+class TransferConfig(_Strict):
+    """After the confirm phase: the baseline and the ``top`` best confirmed configs re-run at a
+    larger fidelity (``train:`` with ``overrides`` applied), ``seeds`` new seeds each."""
+
+    overrides: dict[str, Any] = Field(
+        ..., min_length=1, description="dotted train paths and their values at that fidelity"
+    )
+    top: int = Field(1, ge=1, description="how many of the best confirmed configs to re-run")
+    seeds: int = Field(2, ge=2, description="new seeds per config at that fidelity")
+
+
 class SearchConfig(_Strict):
     metric: str = Field("zeroshot_top1", description="the one objective of the whole sweep")
     mode: Literal["max", "min"] = "max"
@@ -287,6 +298,9 @@ class SearchConfig(_Strict):
     )
     confirm: ConfirmConfig | None = Field(
         None, description="re-run the baseline and the top configs over new seeds"
+    )
+    transfer: TransferConfig | None = Field(
+        None, description="after confirm: re-run the best confirmed configs at a larger fidelity"
     )
 
     @field_validator("metric")
@@ -591,6 +605,76 @@ def check_space(sweep: SweepConfig, where: str) -> None:
                 )
 
 
+def transfer_train(sweep: SweepConfig, where: str = "sweep") -> TrainConfig:
+    """``train:`` at the transfer fidelity (``search.transfer.overrides`` applied)."""
+    assert sweep.search.transfer is not None
+    return apply(sweep.train, sweep.search.transfer.overrides, where)
+
+
+def check_transfer(sweep: SweepConfig, where: str) -> None:
+    """``search.transfer`` follows a confirm phase, re-runs no more configs than it confirmed,
+    and overrides valid train-config fields that the space does not set, to new values."""
+    t, c = sweep.search.transfer, sweep.search.confirm
+    if t is None:
+        return
+    if c is None:
+        raise UserError(
+            where,
+            "search.transfer",
+            "needs a confirm phase (it re-runs the best confirmed configs)",
+            "add search.confirm: {top: K, seeds: N}",
+        )
+    if t.top > c.top:
+        raise UserError(
+            where,
+            "search.transfer.top",
+            f"is {t.top} but the confirm phase confirms only {c.top} searched configs",
+            f"set it to at most search.confirm.top ({c.top}), or raise that",
+        )
+    flat = flatten(sweep.train.model_dump(mode="json"))
+    for path in t.overrides:
+        field = f"search.transfer.overrides.{path}"
+        if not is_train_field(path):
+            raise UserError(
+                where,
+                field,
+                "is not a field of the train config",
+                "use a dotted path such as data.samples_per_epoch, epochs, model.arch",
+            )
+        if path == "seed":
+            raise UserError(
+                where,
+                field,
+                "cannot be overridden: the transfer phase runs its own new seeds",
+                "remove it (train.seed + confirm's seeds + 1, ... are its seeds)",
+            )
+        if path in sweep.space:
+            kind = "searched" if sweep.space[path].searched else "fixed by space:"
+            raise UserError(
+                where,
+                field,
+                f"is {kind}: the transfer phase re-runs the confirmed configs' own values there",
+                "remove it from search.transfer.overrides (or from space:)",
+            )
+    try:
+        high = transfer_train(sweep, where)
+    except UserError as err:
+        raise UserError(
+            where,
+            f"search.transfer.overrides.{err.field}",
+            err.problem,
+            err.fix,
+        ) from None
+    if all(flatten(high.model_dump(mode="json")).get(p) == flat[p] for p in t.overrides):
+        raise UserError(
+            where,
+            "search.transfer.overrides",
+            "changes nothing: every value equals train:'s",
+            "set at least one path to the larger fidelity's value (e.g. epochs, "
+            "data.samples_per_epoch)",
+        )
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -617,8 +701,13 @@ def load_sweep(path: str | Path, check_paths: bool = True) -> SweepConfig:
     except ValidationError as err:
         raise _user_error(where, err, SweepConfig, "") from None
     check_space(sweep, where)
+    check_transfer(sweep, where)
     if check_paths:
         _check_paths(where, sweep.train, "train.", Path.cwd())
+        if sweep.search.transfer is not None:
+            # only an overridden data path can fail here: train:'s own passed above
+            high = transfer_train(sweep, where)
+            _check_paths(where, high, "search.transfer.overrides.", Path.cwd())
     return sweep
 
 

@@ -54,7 +54,7 @@ def run(
     racing, ran = groups[1:], 0
     for n in range(c.seeds, c.most_seeds + 1) if racing else ():
         runs = confirm.points([groups[0], *racing], list(plan.seeds[ran:n]))
-        results = _round(
+        results = run_round(
             sweep, text, parent_id, groups, runs, round_name(sweep, n), resume, verbose
         )
         if results is None:
@@ -71,7 +71,7 @@ def run(
     return verdict
 
 
-def _round(
+def run_round(
     sweep: SweepConfig,
     text: str,
     parent_id: str,
@@ -80,14 +80,17 @@ def _round(
     name: str,
     resume: bool,
     verbose: bool,
+    phase: str = tracking.PHASE_CONFIRM,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
-    """One round's Tuner (new, or restored on ``--resume``): (config, last result) of each
-    run that did not fail; None if it was interrupted."""
-    label = functools.partial(_label, groups)  # a confirm run's group, for MLflow and the console
+    """One round's Tuner ``name`` (new, or restored on ``--resume``) over preset points ``runs``
+    (each a group's values and a ``seed``), its children tagged ``phase`` (the confirm phase's,
+    or the transfer phase's with ``sweep.train`` at its fidelity): (config, last result) of
+    each run that did not fail; None if it was interrupted."""
+    label = functools.partial(_label, groups)  # a run's group, for MLflow and the console
     callback = tracking.MlflowSweepCallback(
-        sweep, text, phase=tracking.PHASE_CONFIRM, parent_run_id=parent_id, confirm_labels=label
+        sweep, text, phase=phase, parent_run_id=parent_id, confirm_labels=label
     )
-    shown = console.SweepConsole(sweep, len(runs), "confirm", label=label)
+    shown = console.SweepConsole(sweep, len(runs), phase, label=label)
     grid = tuners.make(
         sweep,
         name,

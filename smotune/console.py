@@ -109,9 +109,9 @@ def stopped_line(
 class SweepConsole(Callback):
     """Prints a sweep's trial events and progress, one line each (see the module's doc).
 
-    ``phase`` names the Tuner (``search`` or ``confirm``); ``total`` is how many
-    trials it runs; ``scheduler`` (if it has ``stop_rung``) tells the rung and
-    cutoff of an ASHA stop; ``label`` names a confirm trial's group.
+    ``phase`` names the Tuner (``search``, ``confirm`` or ``transfer``); ``total`` is how
+    many trials it runs; ``scheduler`` (if it has ``stop_rung``) tells the rung and
+    cutoff of an ASHA stop; ``label`` names a confirm or transfer trial's group.
     """
 
     def __init__(
@@ -156,8 +156,8 @@ class SweepConsole(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = dict(trial.config)
-        if self.phase == "confirm":
-            group = self.label(config) if self.label else "?"
+        if self.label is not None:  # a confirm or transfer run: a config at a seed
+            group = self.label(config)
             what = f"seed {config.get('seed')} of {group}  {values_text(config, self.paths)}"
         else:
             what = values_text(config, self.paths)

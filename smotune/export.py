@@ -2,7 +2,9 @@
 
 Reads MLflow only (through :mod:`smotune.tracking`), never Tune's files: the
 best trial is the completed child run with the highest final ``zeroshot_top1``
-of the experiment's latest sweep. Its train config is rebuilt from the run's
+of the experiment's latest sweep, or the run of the config its verdict chose (the
+confirm phase's, or the transfer phase's at its larger fidelity, which the
+file's header then names). Its train config is rebuilt from the run's
 config artifact, validated, checked against the run's params, and written as
 YAML that ``smotune train`` runs unchanged, from any directory: the sweep logs
 local data paths absolute (a sweep that logged them relative gets a note saying
@@ -297,6 +299,18 @@ def export_best(
         header += _comment(where_to_run)
     if confirmed and sweep_info.get(tracking.TAG_DESCRIPTION):
         header += _comment(f"sweep {experiment!r}, {sweep_info[tracking.TAG_DESCRIPTION]}")
+    fidelity = sweep_info.get(tracking.TAG_TRANSFER_FIDELITY)
+    at_transfer = fidelity is not None and sweep_info.get(tracking.TAG_TRANSFER_VERDICT) not in (
+        None,
+        "none",
+    )
+    if at_transfer:
+        header += _comment(f"confirmed at the transfer fidelity: {fidelity}")
+    elif confirmed:
+        header += _comment(
+            "confirmed at the search fidelity (the sweep's train:)"
+            + (f"; the transfer phase ({fidelity}) reached no verdict" if fidelity else "")
+        )
     try:
         path.write_text(header + dump_train(cfg))
     except OSError as err:
@@ -305,7 +319,22 @@ def export_best(
         ) from None
 
     one_run = f"MLflow run {record.run_id}: {_metrics_text(record.metrics)}"
-    if confirmed:
+    if at_transfer:
+        chosen = sweep_info.get(tracking.TAG_BEST_TRIAL, record.trial_id)
+
+        def at(label: str) -> str:
+            mean = sweep_info.get(tracking.transfer_mean(label, "transfer"), float("nan"))
+            std = sweep_info.get(tracking.transfer_mean(label, "transfer", "std"), float("nan"))
+            return f"{mean:.4f} ± {std:.4f}"
+
+        seeds = sweep_info.get(tracking.transfer_mean(chosen, "transfer", "seeds"), float("nan"))
+        head = (
+            f"wrote {path}: {chosen} at the transfer fidelity ({fidelity}), verdict there "
+            f"{sweep_info[tracking.TAG_TRANSFER_VERDICT]}; over {seeds:.0f} new seeds: "
+            f"{sweep_info[tracking.OBJECTIVE]} {at(chosen)} (baseline {at('baseline')}); the "
+            f"config of its seed {record.params.get('seed')} run ({one_run})"
+        )
+    elif confirmed:
         chosen = sweep_info.get(tracking.TAG_BEST_TRIAL, record.trial_id)
         seeds = sweep_info.get(tracking.SEEDS_PREFIX + chosen, float("nan"))
         against = "" if chosen == BASELINE else f" (baseline {_mean_std(sweep_info, 'baseline')})"

@@ -3,8 +3,10 @@
 Reads the latest sweep of an experiment (through :mod:`smotune.tracking.history`),
 draws its plots (:mod:`smotune.plots`) into ``<out>/plots/`` and writes
 ``<out>/index.html``: the sweep's objective and space, the verdict (as the sweep
-printed it), the summary table, the confirm table, the rung check's lines (as the
-sweep printed them) and the plots. The page
+printed it), the summary table, the confirm table, the transfer phase (each
+config's mean at both fidelities, tau, rho, decision accuracy, the discordant
+pairs and the verdict there, as the sweep printed them), the rung check's lines
+(as the sweep printed them) and the plots. The page
 needs nothing outside ``<out>`` (no network): copy the folder anywhere.
 """
 
@@ -141,6 +143,57 @@ def confirm_table(data: plots.SweepData, found: confirm.Verdict) -> str:
     return _table(head, rows, set(range(1, len(paths) + 7)))
 
 
+def transfer_section(data: plots.SweepData) -> list[str]:
+    """The transfer phase (recomputed from its runs, as the sweep printed it): a row per
+    transferred config at both fidelities, then the lines (none without transfer runs)."""
+    found = plots.transfer_of(data)
+    if found is None:
+        return []
+    sign = data.sign
+    place = {}
+    for k in (0, 1):
+        order = sorted(found.ranked, key=lambda both: -sign * both[k].mean)
+        place[k] = {both[0].label: str(i + 1) for i, both in enumerate(order)}
+    by_label = {c.group.label: c for c in found.verdict.comparisons}
+    paths = list(data.space)
+    head = ["config", *paths, "search fidelity", "place", "transfer fidelity", "place"]
+    head += ["gain over baseline there [interval]"]
+    rows = []
+    for lo, hi in zip(found.low, found.high, strict=True):
+        c = by_label.get(hi.label)
+        rows.append(
+            [
+                hi.label,
+                *(_cell(hi.params.get(p, "-")) for p in paths),
+                _spread(lo),
+                place[0].get(lo.label, "-"),
+                _spread(hi),
+                place[1].get(hi.label, "-"),
+                "baseline" if c is None else c.interval() if c.pairs >= 2 else "-",
+            ]
+        )
+    items = "".join(f"<li>{_esc(line)}</li>" for line in found.lines(data.metric))
+    method = found.verdict.design.method if found.verdict.design is not None else ""
+    return [
+        f"<h2>Transfer to a larger fidelity ({_esc(found.fidelity)})</h2>",
+        "<p class='muted'>The baseline and the best confirmed configs re-ran at the transfer "
+        "fidelity over new shared seeds. Does their order at the search fidelity (confirmed "
+        "means) hold there? Kendall's tau and Spearman's rho of the two fidelities' means, "
+        "decision accuracy (the share of config pairs whose order holds), and each flipped "
+        "pair's paired 90% interval at the transfer fidelity: one holding 0 is within the "
+        f"seed noise. Verdict there: {_esc(method)}. best.yaml is the config chosen at the "
+        "transfer fidelity.</p>",
+        _table(head, rows, set(range(1, len(paths) + 6))),
+        f"<ul class='transfer'>{items}</ul>",
+    ]
+
+
+def _spread(g: confirm.Group) -> str:
+    if not g.n:
+        return "-"
+    return f"{g.mean:.4f}" + (f" ± {g.std:.4f}" if g.n >= 2 else "") + f" ({g.n} seeds)"
+
+
 def rung_section(data: plots.SweepData) -> list[str]:
     """The rung check's lines, as the sweep printed them at its end (none without ASHA)."""
     said = rungs.sweep_lines(data)
@@ -196,6 +249,7 @@ def page(data: plots.SweepData, rendered: plots.Rendered, uri: str, experiment: 
             f"{_esc(method)}.</p>",
             confirm_table(data, found),
         ]
+    parts += transfer_section(data)
     parts += rung_section(data)
     parts.append("<h2>Plots</h2>")
     for name in rendered.files:
@@ -236,7 +290,8 @@ def write_report(experiment: str, tracking_uri: str | None = None, out: str | No
     index = folder / PAGE
     index.write_text(page(data, rendered, uri, experiment), encoding="utf-8")
     left = f"; not drawn: {', '.join(rendered.skipped)}" if rendered.skipped else ""
+    moved = f"{len(data.transfers)} transfer runs, " if data.transfers else ""
     return (
-        f"wrote {index}: {len(data.trials)} search trials, {len(data.seeds)} confirm runs, "
+        f"wrote {index}: {len(data.trials)} search trials, {len(data.seeds)} confirm runs, {moved}"
         f"{len(rendered.files)} plots in {folder / PLOTS}{left}"
     )

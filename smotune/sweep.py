@@ -11,6 +11,9 @@
 - With ``search.confirm``, the baseline and the top configs then re-run over new
   shared seeds, in rounds when they race (``confirm_run.py``), and the verdict
   (``confirm.py`` over ``stats.py``) decides ``best.yaml``.
+- With ``search.transfer``, the baseline and the best confirmed configs then re-run
+  at the larger fidelity (``transfer_run.py``): whether their order held
+  (``transfer.py``), and the verdict there decides ``best.yaml``.
 - At the end, the rung check (``rungs.py``): whether the order of the runs that
   ran every epoch at ASHA's rungs held at the last epoch; on the parent run and
   printed after the verdict, with advice when the first rung is not shown to.
@@ -39,6 +42,8 @@ from smotune import (
     ray_cluster,
     search,
     tracking,
+    transfer,
+    transfer_run,
     trial,
     tune_state,
     tuners,
@@ -174,7 +179,8 @@ def _check_start(sweep: SweepConfig, where: str, resume: bool) -> str:
         )
     if resume:
         _check_unchanged(sweep, path, where)
-        for name in (sweep.name, *confirm_run.round_names(sweep)):  # search's, confirm's rounds
+        # the search's Tuner, the confirm phase's rounds, the transfer phase's
+        for name in (sweep.name, *confirm_run.round_names(sweep), *transfer_run.round_names(sweep)):
             repaired = tune_state.repair(tuners.experiment_path(sweep, name), where)
             if repaired:
                 print(repaired)
@@ -212,6 +218,8 @@ def run_sweep(
         resources = ray_cluster.connect(trial_drivers=sweep.search.concurrent, verbose=verbose)
         print(console.where_logs_go(log, under_storage, ray_cluster.worker_logs()), flush=True)
         ray_cluster.check_fits(sweep.train, resources)
+        if sweep.search.transfer is not None:  # its overrides may ask for more workers
+            ray_cluster.check_fits(transfer_run.high_sweep(sweep).train, resources)
         return _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_storage)
 
 
@@ -243,6 +251,12 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
     if sweep.search.confirm is not None and finished:
         confirmed = confirm_run.run(sweep, text, study_storage, parent_id, resume, verbose)
         finished = confirmed is not None
+    transferred, skipped = None, None
+    if sweep.search.transfer is not None and confirmed is not None:
+        skipped = transfer_run.skip_reason(sweep, confirmed)
+        if skipped is None:
+            transferred = transfer_run.run(sweep, text, parent_id, confirmed, resume, verbose)
+            finished = transferred is not None
     budget = sweep.search.time_budget
     interrupted = not finished and not (budget and time.monotonic() - started >= budget)
     rows = tracking.sweep_summary(sweep, parent_id)
@@ -251,6 +265,11 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         print(confirm.format_table(confirmed, sweep.search.metric))
     if confirmed is not None:
         print(confirmed.words(sweep.search.metric))
+    if transferred is not None:
+        print(transfer.format_table(transferred, sweep.search.metric))
+        print("\n".join(transferred.lines(sweep.search.metric)))
+    elif skipped is not None:
+        print(skipped)
     if sweep.schedule.asha is not None:  # did ASHA's rungs order the runs as their ends did?
         for line in tracking.log_rungs(sweep.tracking.uri, parent_id):
             print(line, flush=True)

@@ -1,8 +1,9 @@
 """The Tuners of a sweep: where they live, new or restored, and whether they ran to the end.
 
 A sweep runs several Tune experiments side by side under ``storage.path``: the
-search (``<name>``) and the confirm phase's rounds (``<name>-confirm``,
-``<name>-confirm-<n>``; :mod:`smotune.confirm_run`). Each trial is
+search (``<name>``), the confirm phase's rounds (``<name>-confirm``,
+``<name>-confirm-<n>``; :mod:`smotune.confirm_run`) and the transfer phase
+(``<name>-transfer``; :mod:`smotune.transfer_run`). Each trial is
 :func:`smotune.trial.trial_fn`, asking for a ``trial_driver`` slot and no CPU.
 """
 

@@ -137,11 +137,14 @@ def _params(arch: str) -> int:
 
 
 def test_budget_charges_every_trial_its_fixed_cost_and_checkpoints():
-    """ViT-B-32 on CC3M: each trial run (search and confirm) pays the measured fixed cost on
-    its GPUs, each epoch the time to write a checkpoint of the measured bytes per parameter."""
+    """ViT-B-32 on CC3M: each trial run (search, confirm and transfer) pays the measured fixed
+    cost on its GPUs, each epoch the time to write a checkpoint of the measured bytes per
+    parameter; the transfer runs are full runs at their own fidelity (30 epochs, not 10)."""
     budget = _budget_module()
     sweep = _load("smoclip-cc3m-vitb32")
-    t, confirm = sweep.train, sweep.search.confirm
+    t, confirm, transfer = sweep.train, sweep.search.confirm, sweep.search.transfer
+    high = config.transfer_train(sweep)
+    assert (t.epochs, high.epochs) == (10, 30)
     measured = budget.measured_overhead()
     assert measured.fixed_s > 0 and 11.9 < measured.bytes_per_param < 12.5  # 4 B x 3
     assert 3.9 < measured.last_bytes_per_param < 4.5  # the model alone
@@ -151,7 +154,9 @@ def test_budget_charges_every_trial_its_fixed_cost_and_checkpoints():
     def total(overhead, write_mb_s=100.0):
         return budget.estimate(sweep, 800.0, 30.0, overhead, params, write_mb_s)
 
-    runs = sweep.search.samples + (confirm.top + 1) * confirm.seeds
+    confirms = (confirm.top + 1) * confirm.seeds
+    transfers = (transfer.top + 1) * transfer.seeds
+    runs = sweep.search.samples + confirms + transfers
     gpus = t.workers.num * t.workers.gpus
     no_fixed = budget.Overhead(0.0, measured.bytes_per_param, measured.last_bytes_per_param)
     fixed = total(measured)["total_gpu_h"] - total(no_fixed)["total_gpu_h"]
@@ -161,10 +166,23 @@ def test_budget_charges_every_trial_its_fixed_cost_and_checkpoints():
     ckpt = params * measured.bytes_per_param
     writing = est["total_gpu_h"] - total(measured, write_mb_s=math.inf)["total_gpu_h"]
     assert writing == pytest.approx(est["trial_epochs"] * ckpt / 100e6 * gpus / 3600)
-    assert est["trial_epochs"] > (confirm.top + 1) * confirm.seeds * t.epochs
+    assert est["trial_epochs"] > confirms * t.epochs + transfers * high.epochs
     last = params * measured.last_bytes_per_param
-    assert est["kept_bytes"] == pytest.approx(sweep.search.samples * ckpt + 6 * last)
-    assert est["written_bytes"] > (confirm.top + 1) * confirm.seeds * t.epochs * last
+    kept = sweep.search.samples * ckpt + (confirms + transfers) * last
+    assert est["kept_bytes"] == pytest.approx(kept)
+    assert est["written_bytes"] > (confirms * t.epochs + transfers * high.epochs) * last
+    # the transfer phase alone: its runs x (30 epochs + the fixed cost) on their GPUs
+    without = sweep.model_copy(
+        update={"search": sweep.search.model_copy(update={"transfer": None})}
+    )
+    alone = (
+        est["total_gpu_h"]
+        - budget.estimate(without, 800.0, 30.0, measured, params, 100.0)["total_gpu_h"]
+    )
+    epoch_s = t.data.samples_per_epoch * t.workers.num / (800.0 * gpus) + 30.0 + ckpt / 100e6
+    assert alone == pytest.approx(
+        transfers * (high.epochs * epoch_s + measured.fixed_s) * gpus / 3600
+    )
 
 
 def test_budget_arithmetic_on_a_small_sweep():

@@ -1,7 +1,7 @@
 """Every plot of a sweep, drawn from plain data: PNGs (matplotlib, Agg) and Optuna's own HTML.
 
 One module a phase: ``data`` (what is drawn), ``search``, ``study`` (Optuna's view),
-``asha`` (what ASHA's rungs decided), ``confirm``.
+``asha`` (what ASHA's rungs decided), ``confirm``, ``transfer``.
 
 The input is a :class:`SweepData` (numbers, strings and dicts; the tracking
 package reads it back from MLflow), so the same drawing serves the parent run's
@@ -28,6 +28,11 @@ Nothing here knows MLflow.
   coloured by that path's value;
 - ``seed_paired.png`` (after the confirm phase): one line per seed across the
   configs, and each rival's gain over the baseline with its interval;
+- ``transfer.png`` (a sweep with ``search.transfer``, once a transfer run
+  completed): one point per transferred config, its mean at the search fidelity
+  against the transfer fidelity's, each axis with its seeds' spread, discordant
+  pairs joined; tau, rho, decision accuracy and the
+  verdict there in the title;
 - ``optuna.html``: Optuna's interactive figures (history, intermediate values,
   parallel coordinates, importances, slice) in one page, plotly.js embedded
   once (no network needed to open it).
@@ -64,6 +69,7 @@ from smotune.plots.data import (
     SLICE,
     STATUS_COLOURS,
     TITLES,
+    TRANSFER,
     Rendered,
     SeedData,
     Skip,
@@ -78,6 +84,7 @@ from smotune.plots.search import (
     slice_plots,
 )
 from smotune.plots.study import importances, optuna_html, param_importances, study
+from smotune.plots.transfer import transfer_of, transfer_plot
 from smotune.rungs import rung_epochs
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ __all__ = [
     "SEED_PAIRED",
     "STATUS_COLOURS",
     "TITLES",
+    "TRANSFER",
     "Rendered",
     "SeedData",
     "SweepData",
@@ -100,6 +108,7 @@ __all__ = [
     "rung_epochs",
     "seed_groups",
     "study",
+    "transfer_of",
 ]
 
 
@@ -131,6 +140,8 @@ def render(data: SweepData, out: str | Path) -> Rendered:
         (SEED_PAIRED, lambda p: seed_paired(data, p)),
         (OPTUNA_HTML, lambda p: optuna_html(data, the_study(), p)),
     ]
+    if data.transfer is not None:  # a sweep without a transfer phase is not told it has none
+        steps.insert(-1, (TRANSFER, lambda p: transfer_plot(data, p)))
     for name, draw in steps:
         path = out / name
         try:

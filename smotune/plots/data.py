@@ -39,6 +39,7 @@ PARALLEL_COORDINATES = "parallel_coordinates.png"
 PARAM_IMPORTANCES = "param_importances.png"
 SLICE = "slice.png"
 SEED_PAIRED = "seed_paired.png"
+TRANSFER = "transfer.png"
 RUNG_CHECK = "rung_check.png"
 ASHA_STOPS = "asha_stops.png"
 OPTUNA_HTML = "optuna.html"
@@ -49,6 +50,8 @@ TITLES = {
     PARAM_IMPORTANCES: "Parameter importances",
     SLICE: "Slice plots",
     SEED_PAIRED: "Seed-paired results and the gain over the baseline (confirm phase)",
+    TRANSFER: "Transfer: each config's mean at the search fidelity against the transfer "
+    "fidelity's, with its seeds' spread",
     RUNG_CHECK: "Rung check: each full run's value at ASHA's rungs against its last epoch's",
     ASHA_STOPS: "Where ASHA stopped trials, coloured by each searched value",
     OPTUNA_HTML: "Optuna's interactive figures",
@@ -99,6 +102,8 @@ class SweepData:
     best_trial: str | None = None
     parent_metrics: dict[str, float] = field(default_factory=dict)
     race: tuple[int, int, float] | None = None  # search.confirm's (seeds, max_seeds, min_gain)
+    transfers: list[SeedData] = field(default_factory=list)  # the transfer runs (other fidelity)
+    transfer: tuple[int, str] | None = None  # search.transfer's (seeds, fidelity in words)
 
     @property
     def sign(self) -> float:

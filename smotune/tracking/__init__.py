@@ -4,9 +4,12 @@ Layout: one experiment per sweep; one parent run per sweep (tag ``kind=sweep``;
 params ``space.<path>``, ``search.*``, ``schedule.*``; artifact ``sweep.yaml``;
 at the end ``best_<metric>`` metrics, tags ``best_trial`` / ``best_run_id`` and
 artifact ``best.yaml``, and the rung check: ``rung_<epoch>/tau`` ... metrics,
-``rung_<epoch>/judgement`` and ``rung_check`` tags); one nested child run per
-Tune trial (run name = trial id; tags ``kind=trial``, ``trial_id``, ``status``,
-``reason``, ``checkpoint``, ``best``; params = the flattened train config with dotted names plus
+``rung_<epoch>/judgement`` and ``rung_check`` tags; with a transfer phase its
+``transfer/*`` metrics and ``transfer_*`` tags, best moved to the config chosen at
+that fidelity); one nested child run per Tune trial (run name = trial id; tags
+``kind=trial``, ``trial_id``, ``status``, ``reason``, ``checkpoint``, ``best``,
+``phase`` (``search``, ``confirm``, ``transfer``), for re-runs ``seed`` and
+``confirm_of``; params = the flattened train config with dotted names plus
 ``global_batch_size``; per-epoch metrics with ``step=epoch``; artifact
 ``train.yaml``).
 
@@ -20,7 +23,8 @@ tracking URI usable), ``read`` (a sweep read back), ``callback`` (the Tune
 callback that turns a sweep's events into journal operations), ``journal`` (the
 operations on local disk), ``writer`` (the thread that applies them, and
 ``smotune sync``), ``ops`` (one operation applied to MLflow), ``verdict`` (the
-confirm phase's verdict), ``rungs`` (the rung check on the parent), ``history``
+confirm phase's verdict), ``transfer`` (the transfer phase's result, best.yaml at
+its fidelity), ``rungs`` (the rung check on the parent), ``history``
 (a sweep read back as the plots' data, its plots uploaded), ``ensemble`` (a top-K
 ensemble's accuracy on the parent).
 Only this package imports ``mlflow``.
@@ -52,6 +56,7 @@ from smotune.tracking.names import (
     PARAM_GLOBAL_BATCH,
     PHASE_CONFIRM,
     PHASE_SEARCH,
+    PHASE_TRANSFER,
     RESULT_CHECKPOINT,
     RUNNING,
     SEEDS_PREFIX,
@@ -69,10 +74,13 @@ from smotune.tracking.names import (
     TAG_STATUS,
     TAG_SWEEP,
     TAG_SWEEP_PATH,
+    TAG_TRANSFER_FIDELITY,
+    TAG_TRANSFER_VERDICT,
     TAG_TRIAL_ID,
     TAG_VERDICT,
     TRAIN_ARTIFACT,
     TUNE_KEYS,
+    transfer_mean,
 )
 from smotune.tracking.params import train_params
 from smotune.tracking.read import (
@@ -89,6 +97,7 @@ from smotune.tracking.read import (
     sweep_time,
 )
 from smotune.tracking.rungs import log_rungs
+from smotune.tracking.transfer import log_transfer
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
 
@@ -124,6 +133,9 @@ __all__ = [
     "TAG_VERDICT",
     "PHASE_CONFIRM",
     "PHASE_SEARCH",
+    "PHASE_TRANSFER",
+    "TAG_TRANSFER_FIDELITY",
+    "TAG_TRANSFER_VERDICT",
     "TAG_KIND",
     "TAG_PARENT",
     "TAG_REASON",
@@ -148,10 +160,12 @@ __all__ = [
     "redact",
     "log_ensemble",
     "log_rungs",
+    "log_transfer",
     "log_verdict",
     "ranked_trials",
     "sweep_parent_id",
     "sweep_summary",
     "sweep_time",
     "train_params",
+    "transfer_mean",
 ]

@@ -45,7 +45,6 @@ from smotune.tracking.names import (
     KIND_SWEEP,
     KIND_TRIAL,
     NAN_REASON,
-    PHASE_CONFIRM,
     PHASE_SEARCH,
     RESULT_CHECKPOINT,
     RUN_STATUS,
@@ -80,9 +79,10 @@ class MlflowSweepCallback(Callback):
     re-attaches to the same runs. A trial missing from both is still found by
     its ``trial_id`` tag under the parent, so a restore never duplicates a run.
 
-    ``phase`` tags every child: ``search`` trials, or ``confirm`` re-runs (also
-    tagged ``seed`` and ``confirm_of``, the label ``confirm_labels`` gives a
-    trial's config), which attach to the search's ``parent_run_id`` (a run id,
+    ``phase`` tags every child: ``search`` trials, or ``confirm`` and ``transfer``
+    re-runs (also tagged ``seed`` and ``confirm_of``, the label ``confirm_labels``
+    gives a trial's config; a transfer run's train config is ``self.sweep.train``
+    at the transfer fidelity), which attach to the search's ``parent_run_id`` (a run id,
     or the parent's journal key while the store has not created it yet).
     ``journal`` overrides where the journal lives (default: beside the sweep's
     Tune state, see :func:`~smotune.tracking.journal.sweep_journal_path`).
@@ -200,7 +200,7 @@ class MlflowSweepCallback(Callback):
             TAG_STATUS: RUNNING,
             TAG_PHASE: self.phase,
         }
-        if self.phase == PHASE_CONFIRM:
+        if self.phase != PHASE_SEARCH:  # a config re-run at a seed (confirm, transfer)
             tags[TAG_SEED] = str(cfg.seed)
             tags[TAG_CONFIRM_OF] = self.confirm_labels(dict(trial.config))
         journal.append(

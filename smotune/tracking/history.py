@@ -4,7 +4,9 @@
 :class:`smotune.plots.SweepData`: the objective and ASHA's settings from the
 parent's params, the searched space from its ``space.<path>`` params, each
 search trial's and confirm run's ``search.metric`` history (step = epoch), the
-confirm runs' seeds and final values, the verdict. :func:`upload_plots` draws them into the
+confirm runs' seeds and final values, the verdict; the transfer runs (``phase=transfer``,
+at another fidelity: kept apart, their epochs not the sweep's) and the transfer
+phase's settings. :func:`upload_plots` draws them into the
 parent's ``plots/`` artifacts (the journal's ``plots`` operation, as trials
 end); :func:`read_sweep` finds the latest sweep of an experiment for
 ``smotune report``.
@@ -26,6 +28,7 @@ from smotune.tracking.check import check_tracking
 from smotune.tracking.names import (
     PHASE_CONFIRM,
     PHASE_SEARCH,
+    PHASE_TRANSFER,
     PLOTS_DIR,
     TAG_BEST_TRIAL,
     TAG_CONFIRM_OF,
@@ -34,6 +37,7 @@ from smotune.tracking.names import (
     TAG_SEED,
     TAG_STATUS,
     TAG_SWEEP,
+    TAG_TRANSFER_FIDELITY,
     TAG_TRIAL_ID,
     TAG_VERDICT,
 )
@@ -65,6 +69,18 @@ def _race(params: dict[str, str]) -> tuple[int, int, float] | None:
     return first, first if last == "None" else int(last), gain
 
 
+def _transfer(params: dict[str, str], tags: dict[str, str]) -> tuple[int, str] | None:
+    """``search.transfer``'s (seeds, fidelity in words) from the parent's params and tag (the
+    overrides as logged while the transfer phase has not logged its words)."""
+    if "search.transfer.seeds" not in params:
+        return None
+    prefix = "search.transfer.overrides."
+    logged = ", ".join(
+        f"{k.removeprefix(prefix)} {v}" for k, v in params.items() if k.startswith(prefix)
+    )
+    return int(params["search.transfer.seeds"]), tags.get(TAG_TRANSFER_FIDELITY, logged)
+
+
 def _asha(params: dict[str, str]) -> tuple[int, float] | None:
     if "schedule.asha.grace" not in params:
         return None
@@ -83,19 +99,22 @@ def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
     params = parent.data.params
     metric, mode = _objective(parent)
     space = _space(params)
-    trials, seeds, epochs = [], [], 0
+    trials, seeds, transfers, epochs = [], [], [], 0
     for run in children(client, parent.info.experiment_id, parent.info.run_id):
         tags, run_params = run.data.tags, run.data.params
-        epochs = max(epochs, int(run_params.get("epochs", 0)))
+        phase = tags.get(TAG_PHASE, PHASE_SEARCH)
+        if phase != PHASE_TRANSFER:  # transfer runs have the transfer fidelity's epochs
+            epochs = max(epochs, int(run_params.get("epochs", 0)))
         searched = {p: _param_value(run_params[p]) for p in space if p in run_params}
         value = run.data.metrics.get(metric)
         status = tags.get(TAG_STATUS, "")
         label = tags.get(TAG_TRIAL_ID, run.info.run_name)
         curve = _curve(client, run.info.run_id, metric)
-        if tags.get(TAG_PHASE, PHASE_SEARCH) == PHASE_CONFIRM:
+        if phase in (PHASE_CONFIRM, PHASE_TRANSFER):
             seed = int(tags.get(TAG_SEED, run_params.get("seed", 0)))
             group = tags.get(TAG_CONFIRM_OF, "")
-            seeds.append(plots.SeedData(group, seed, status, value, searched, label, curve))
+            run_data = plots.SeedData(group, seed, status, value, searched, label, curve)
+            (seeds if phase == PHASE_CONFIRM else transfers).append(run_data)
             continue
         trials.append(
             plots.TrialData(
@@ -124,6 +143,8 @@ def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
         best_trial=tags.get(TAG_BEST_TRIAL),
         parent_metrics=dict(parent.data.metrics),
         race=_race(params),
+        transfers=transfers,
+        transfer=_transfer(params, tags),
     )
 
 

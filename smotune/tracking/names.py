@@ -41,6 +41,7 @@ TAG_SWEEP_PATH = "sweep_path"
 TAG_JOURNAL_KEY = "journal_key"  # the parent's key in the tracking journal: found, not re-created
 PHASE_SEARCH = "search"
 PHASE_CONFIRM = "confirm"
+PHASE_TRANSFER = "transfer"  # a confirmed config re-run at search.transfer's fidelity
 ENSEMBLE_TOP1 = "ensemble_top1"
 ENSEMBLE_TOP5 = "ensemble_top5"
 ENSEMBLE_K = "ensemble_k"
@@ -74,6 +75,44 @@ RUNG_FIELDS = {
 """The parent's rung check, per ASHA rung (``smotune.rungs.RungCheck`` field -> the name after
 ``rung_<epoch>/``; a value that is not finite, e.g. tau when every run ties, is not logged)."""
 TAG_RUNG_CHECK = "rung_check"  # the first rung's judgement: agrees, no_better_than_chance, ...
+
+TRANSFER_FIELDS = {
+    "configs": "transfer/configs",
+    "pairs": "transfer/pairs",
+    "concordant": "transfer/concordant",
+    "discordant": "transfer/discordant",
+    "ties": "transfer/ties",
+    "accuracy": "transfer/decision_accuracy",
+    "tau": "transfer/tau",
+    "rho": "transfer/rho",
+    "held": "transfer/winner_held",
+    "within_noise": "transfer/discordant_within_noise",
+}
+"""The parent's transfer check (``smotune.transfer.Transfer``: counts, rank agreement of the two
+fidelities' means, whether the winner held as 1/0; a non-finite value is not logged)."""
+TRANSFER_VERDICT_METRICS = {
+    "gain": "transfer/gain",
+    "lower": "transfer/gain_lower",
+    "upper": "transfer/gain_upper",
+    "p": "transfer/p",
+    "p_needed": "transfer/p_needed",
+    "df": "transfer/df",
+    "sd": "transfer/sd",
+}
+"""The compared rival's numbers at the transfer fidelity (``Comparison`` field -> metric)."""
+TRANSFER_SEEDS_TO_DECIDE = "transfer/seeds_to_decide"
+TAG_TRANSFER_VERDICT = "transfer_verdict"  # the verdict at the transfer fidelity
+TAG_TRANSFER_CONFIG = "transfer_config"  # the rival its numbers are about
+TAG_TRANSFER_FIDELITY = "transfer_fidelity"  # the overrides: "epochs 4 (search 2), ..."
+TAG_TRANSFER_METHOD = "transfer_method"
+TAG_TRANSFER_WINNERS = "transfer_winners"  # "<best at the search fidelity> -> <at transfer>"
+TAG_TRANSFER_DISCORDANT = "transfer_discordant"  # each flipped pair in words ("none")
+
+
+def transfer_mean(label: str, fidelity: str, field: str = "mean") -> str:
+    """``transfer/<fidelity>/<field>/<label>``: a transferred config's mean, std or seeds
+    (``field``) at the ``search`` or ``transfer`` fidelity."""
+    return f"transfer/{fidelity}/{field}/{label}"
 
 
 TAG_VERDICT_CONFIG = "verdict_config"  # the rival the verdict's numbers are about

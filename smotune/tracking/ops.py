@@ -20,6 +20,9 @@ Operations (JSON fields besides ``t``, ``n``, ``op``):
   the parent FINISHED;
 - ``verdict``: ``parent``, ``verdict``, ``metrics``, ``best_label``, ``time`` (see
   :mod:`smotune.tracking.verdict`);
+- ``transfer``: ``parent``, ``time``, ``verdict``, ``words``, ``method``, ``chosen``,
+  ``compared``, ``fidelity``, ``winners``, ``discordant``, ``metrics`` (see
+  :mod:`smotune.tracking.transfer`);
 - ``rungs``: ``parent``, ``time``; the rung check computed from what MLflow holds,
   logged on the parent (see :mod:`smotune.tracking.rungs`);
 - ``plots``: ``parent``; draws the sweep's plots from what MLflow holds and logs
@@ -264,6 +267,11 @@ class Store:
         from smotune.tracking.verdict import write_verdict
 
         write_verdict(self.client, self.run_id(op["parent"]), op, op["time"])
+
+    def _transfer(self, op: dict[str, Any]) -> None:
+        from smotune.tracking.transfer import write_transfer
+
+        write_transfer(self.client, self.run_id(op["parent"]), op, op["time"])
 
     def _rungs(self, op: dict[str, Any]) -> None:
         from smotune.tracking.rungs import write_rungs  # matplotlib: only where it is needed

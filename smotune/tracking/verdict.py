@@ -103,16 +103,7 @@ def write_verdict(
     client: mlflow.MlflowClient, parent_id: str, record: dict[str, Any], now: int
 ) -> str | None:
     """What :func:`log_verdict` writes (also the journal's ``verdict`` operation)."""
-    parent = client.get_run(parent_id)
-    exp_id = parent.info.experiment_id
     chosen = record.get("chosen", record.get("best_label"))  # a journal of an older smotune
-    query = (
-        f"tags.{TAG_PHASE} = '{PHASE_CONFIRM}' and tags.{TAG_CONFIRM_OF} = '{chosen}' "
-        f"and tags.{TAG_STATUS} = '{COMPLETED}'"
-    )
-    runs = sorted(
-        children(client, exp_id, parent_id, query), key=lambda r: int(r.data.tags[TAG_SEED])
-    )
     verdict = record["verdict"]
     tags = [RunTag(TAG_VERDICT, verdict or "none")]
     if record.get("words"):
@@ -122,25 +113,52 @@ def write_verdict(
     if record.get("compared"):
         tags.append(RunTag(TAG_VERDICT_CONFIG, record["compared"]))
     metrics = dict(record["metrics"])
-    if runs and verdict is not None:
-        best_id = runs[0].info.run_id
-        tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, chosen)]
-        client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
-        metrics.update(_confirmed_means(runs))
-        chosen_ids = {r.info.run_id for r in runs}
-        for run in children(client, exp_id, parent_id, f"tags.{TAG_BEST} = 'true'"):
-            if run.info.run_id not in chosen_ids:
-                client.delete_tag(run.info.run_id, TAG_BEST)
-        for run_id in chosen_ids:
-            client.set_tag(run_id, TAG_BEST, "true")
+    best_id = None
+    if verdict is not None:
+        best_id = point_best(client, parent_id, PHASE_CONFIRM, chosen, tags, metrics)
     client.log_batch(
         parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags
     )
-    return runs[0].info.run_id if runs else None
+    return best_id
+
+
+def point_best(
+    client: mlflow.MlflowClient,
+    parent_id: str,
+    phase: str,
+    chosen: str,
+    tags: list[RunTag],
+    metrics: dict[str, float],
+) -> str | None:
+    """Point the parent's best at config ``chosen``'s completed runs of ``phase``: its
+    ``best.yaml`` (the first seed's ``train.yaml``), the ``best`` tag on those runs only; adds
+    ``best_trial``/``best_run_id`` to ``tags`` and its ``best_<metric>`` means to ``metrics``.
+    Returns the first seed's run id (None, and nothing moved, when no run completed)."""
+    exp_id = client.get_run(parent_id).info.experiment_id
+    query = (
+        f"tags.{TAG_PHASE} = '{phase}' and tags.{TAG_CONFIRM_OF} = '{chosen}' "
+        f"and tags.{TAG_STATUS} = '{COMPLETED}'"
+    )
+    runs = sorted(
+        children(client, exp_id, parent_id, query), key=lambda r: int(r.data.tags[TAG_SEED])
+    )
+    if not runs:
+        return None
+    best_id = runs[0].info.run_id
+    tags += [RunTag(TAG_BEST_RUN_ID, best_id), RunTag(TAG_BEST_TRIAL, chosen)]
+    client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
+    metrics.update(_confirmed_means(runs))
+    chosen_ids = {r.info.run_id for r in runs}
+    for run in children(client, exp_id, parent_id, f"tags.{TAG_BEST} = 'true'"):
+        if run.info.run_id not in chosen_ids:
+            client.delete_tag(run.info.run_id, TAG_BEST)
+    for run_id in chosen_ids:
+        client.set_tag(run_id, TAG_BEST, "true")
+    return best_id
 
 
 def _confirmed_means(runs: list[Any]) -> dict[str, float]:
-    """``best_<metric>``: the mean over the chosen config's confirm runs of each final metric."""
+    """``best_<metric>``: the mean over the chosen config's runs of each final metric."""
     keys = set.intersection(*(set(r.data.metrics) for r in runs))
     return {
         BEST_PREFIX + k: statistics.fmean(r.data.metrics[k] for r in runs)
