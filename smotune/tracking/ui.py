@@ -1,9 +1,11 @@
 """How a sweep reads in MLflow's UI: run names, each run's ending in words, a saved view, its URL.
 
-MLflow 3.17's UI, as measured in a browser (FIELD-NOTES), opens an experiment on its
-GenAI overview, shows runs by name with no metric, parameter or tag column, keeps child
-runs collapsed under their parent, and gives a FAILED and a KILLED run the same red
-cross (only FINISHED gets a green check). What a client can set, and smotune sets:
+MLflow 3.17's UI opens an experiment on its GenAI overview and shows runs by name with no
+metric, parameter or tag column (FIELD-NOTES); measured for this module in headless
+Chromium, it also keeps child runs collapsed under their parent, ignores the experiment
+tag ``mlflow.experimentKind`` for its landing page (the workflow switch decides), and
+gives a FAILED and a KILLED run the same red cross (only FINISHED gets a green check).
+What a client can set, and smotune sets:
 
 - run names that say what a run is: ``sweep <name>``; ``search #<n> [baseline] ls=0.1
   wd=0.3`` (``n``: the trial's number, start order from 0, as the plots and the report
