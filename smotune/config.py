@@ -47,9 +47,15 @@ METRICS = (
     "samples_per_s",
     "train_s",
     "data_skipped",
+    "data_damaged_shards",
     "restarts",
 )
 """The metrics the engine reports each epoch (the names Tune, ASHA, MLflow and the export share)."""
+DAMAGE_KEY = "data_damage"
+"""Not a metric: a report's damaged or unreadable shards met so far by any rank, one line each
+(``<shard>: <what was met>``), in one string (Tune's TensorBoard logger takes a list for a
+histogram; it skips a string), present once there is one. The consoles print each line once;
+MLflow keeps them as the trial run's tag of that name."""
 OBJECTIVES = tuple(m for m in METRICS if m != "epoch")
 """What ``search.metric`` may name: any reported metric but the epoch counter itself."""
 NOT_SEARCHABLE = {

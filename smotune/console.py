@@ -11,6 +11,9 @@
   off, see ``ray_cluster.connect``). ``--verbose`` keeps both on the terminal.
 - :class:`EpochFeed` brings ``smotune train``'s per-epoch metrics from Ray
   Train's controller (another process) to the driver, which prints one line each.
+- Damaged data is named where the user looks: each damaged or unreadable shard the
+  workers met (the engine's ``data_damage``: every rank's, one line a shard) is printed
+  once, as ``damaged shard <shard>: <what was met>``, by both consoles.
 
 Nothing here names MLflow things.
 """
@@ -31,7 +34,7 @@ from ray.train import UserCallback
 from ray.tune import Callback
 from ray.util.queue import Empty, Queue
 
-from smotune.config import SweepConfig
+from smotune.config import DAMAGE_KEY, SweepConfig
 from smotune.search import TIME_ATTR
 from smotune.space import optuna_space
 
@@ -106,6 +109,14 @@ def stopped_line(
     return f"{who} {stop_reason(epoch, epochs, metric, value, rung, mode)}"
 
 
+def damage_lines(result: dict[str, Any], said: set[str]) -> list[str]:
+    """The damaged-shard lines of a report not said yet (and now counted as said)."""
+    text = result.get(DAMAGE_KEY)
+    new = [ln for ln in text.splitlines() if ln and ln not in said] if isinstance(text, str) else []
+    said.update(new)
+    return [f"damaged shard {ln}" for ln in new]
+
+
 class SweepConsole(Callback):
     """Prints a sweep's trial events and progress, one line each (see the module's doc).
 
@@ -134,6 +145,7 @@ class SweepConsole(Callback):
         self._ended: set[str] = set()
         self._ended_here = 0
         self._said: dict[str, int] = {}  # trial id -> the last epoch said
+        self._damage: set[str] = set()  # damaged-shard lines said (one line a shard, once)
 
     def setup(self, **info: Any) -> None:
         self._start = time.monotonic()  # a resumed sweep's clock starts with its process
@@ -167,6 +179,8 @@ class SweepConsole(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        for line in damage_lines(result, self._damage):  # every trial reads the same shards
+            self._say(f"{self._who(trial)} {line}")
         epoch, value = result.get(TIME_ATTR), result.get(self.metric)
         if epoch is None or value is None or epoch <= self._said.get(trial.trial_id, 0):
             return  # no epoch, or one said already (reported again after a restart)
@@ -317,6 +331,7 @@ class EpochFeed:
         self.epochs = epochs
         self.queue = Queue(actor_options={"num_cpus": 0})
         self._said = 0  # the last epoch printed
+        self._damage: set[str] = set()  # damaged-shard lines printed
 
     def callback(self) -> Any:
         return ReportToQueue(self.queue)
@@ -332,6 +347,8 @@ class EpochFeed:
             if metrics[TIME_ATTR] > self._said:  # not an epoch reported again after a restart
                 self._said = metrics[TIME_ATTR]
                 print(train_epoch_line(metrics, self.epochs), flush=True)
+            for line in damage_lines(metrics, self._damage):
+                print(line, flush=True)
 
     @contextlib.contextmanager
     def printing(self) -> Iterator[None]:

@@ -43,8 +43,8 @@ import torch.distributed as dist
 from smotune import loss as loss_mod
 from smotune import model as model_mod
 from smotune import optim
-from smotune.config import TrainConfig, dump_train
-from smotune.data import shards, zeroshot
+from smotune.config import DAMAGE_KEY, TrainConfig, dump_train
+from smotune.data import shards, skips, zeroshot
 from smotune.errors import UserError
 from smotune.evaluate import zero_shot
 from smotune.runtime import Runtime, choose_runtime
@@ -123,6 +123,15 @@ def _all_reduce(values: list[float], device: torch.device, world: int) -> list[f
     return _sum_ranks(t, world).tolist()
 
 
+def _gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj`` (picklable), on every rank."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _sum_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
     """``t`` summed over the ranks (in place), every rank getting the sum."""
     if world > 1:
@@ -159,6 +168,7 @@ class Worker:
     skipped_before: int = 0  # samples skipped by the run's earlier worker groups
     restarts: int = 0
     skipped: shards.SkipCounter = field(default_factory=shards.SkipCounter)  # this group's
+    damage: dict[str, list[str]] = field(default_factory=dict)  # shard -> what was met: all ranks'
     phases: dict[str, float] = field(default_factory=dict)  # phase/* times of the latest epoch
 
     @property
@@ -178,7 +188,11 @@ class EpochPlan:
 
 
 def _save_checkpoint(
-    tmp: Path, parts: StepParts, metrics: dict[str, Any], cfg: TrainConfig
+    tmp: Path,
+    parts: StepParts,
+    metrics: dict[str, Any],
+    cfg: TrainConfig,
+    damage: dict[str, list[str]] | None = None,
 ) -> None:
     """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``).
 
@@ -198,14 +212,15 @@ def _save_checkpoint(
             "epoch": metrics["epoch"],
             "step": metrics["step"],
             "metrics": metrics,
+            "damage": damage or {},
         },
         tmp / STATE_FILE,
     )
 
 
-def _load_checkpoint(path: str, parts: StepParts) -> dict[str, Any]:
+def _load_checkpoint(path: str, parts: StepParts) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Restore model, optimizer and scaler (the last epoch's checkpoint holds neither of the
-    two); return the metrics of the checkpoint's epoch."""
+    two); return the metrics of the checkpoint's epoch and the damaged shards met so far."""
     module = model_mod.unwrap(parts.model)
     sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
     module.load_state_dict(sd["state_dict"])
@@ -214,7 +229,7 @@ def _load_checkpoint(path: str, parts: StepParts) -> dict[str, Any]:
         parts.optimizer.load_state_dict(state["optimizer"])
     if parts.scaler and state["scaler"]:
         parts.scaler.load_state_dict(state["scaler"])
-    return state["metrics"]
+    return state["metrics"], state.get("damage") or {}
 
 
 def train_step(parts: StepParts, images, texts, lr: float) -> float:
@@ -358,7 +373,7 @@ def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
     if not checkpoint:
         return None
     with checkpoint.as_directory() as path:
-        last = _load_checkpoint(path, w.parts)
+        last, w.damage = _load_checkpoint(path, w.parts)
     w.epoch, w.step, w.skipped_before = last["epoch"], last["step"], last["data_skipped"]
     w.restarts = last.get("restarts", 0) + (w.epoch < w.cfg.epochs)
     return last
@@ -421,7 +436,9 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
     loss_sum, samples, skipped = _all_reduce(
         [loss_sum, samples, w.skipped.count], w.device, w.world
     )
+    w.damage = skips.merge_damage(w.damage, *_gather(w.skipped.damage, w.world))
     w.epoch = epoch
+    damage = {DAMAGE_KEY: "\n".join(skips.damage_lines(w.damage))} if w.damage else {}
     return {
         "epoch": epoch,
         "train_loss": loss_sum / samples,
@@ -431,6 +448,8 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
         "data_skipped": w.skipped_before + int(skipped),
         "restarts": w.restarts,
         "step": w.step,
+        "data_damaged_shards": len(w.damage),
+        **damage,
     }
 
 
@@ -456,7 +475,7 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
         report = metrics
         if w.rank == 0:
             t1 = time.perf_counter()
-            _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg)
+            _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg, w.damage)
             w.phases.update(
                 {
                     "phase/eval_s": t1 - t0,

@@ -279,7 +279,7 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         partial = f"from a partial sweep ({why}): `smotune sweep {sweep_file} --resume` finishes it"
         print(f"the sweep ended early ({why}): no verdict; resume it with --resume")
     print(_write_best(sweep, partial))
-    print(_where_to_look(sweep))
+    print(tracking.where_to_look(sweep))
     return Outcome(rows, finished, interrupted)
 
 
@@ -293,13 +293,6 @@ def _write_best(sweep: SweepConfig, partial: str | None) -> str:
         )
     except UserError as err:
         return f"no best.yaml: {err}"
-
-
-def _where_to_look(sweep: SweepConfig) -> str:
-    """The line saying how to compare the trials in MLflow."""
-    uri = sweep.tracking.uri
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    return f"compare the trials: {ui}  (experiment {sweep.experiment!r})"
 
 
 def _cell(value: Any) -> str:

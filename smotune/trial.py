@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from smotune import runtime
-from smotune.config import SweepConfig, TrainConfig, absolute_paths, flatten
+from smotune.config import DAMAGE_KEY, SweepConfig, TrainConfig, absolute_paths, flatten
 from smotune.errors import UserError
 from smotune.ray_cluster import TRIAL_DRIVER, check_fits, connect
 from smotune.space import trial_config
@@ -230,7 +230,9 @@ def run_train(
     print(
         "final: "
         + "  ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in final.items()
+            if k != DAMAGE_KEY  # its lines were printed as the epochs came
         )
     )
     return final

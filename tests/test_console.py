@@ -120,3 +120,52 @@ def test_an_epoch_reported_again_after_a_restart_is_said_once(capsys):
         "[search] trial b epoch 1/3",
         "[search] trial a epoch 3/3",
     ]
+
+
+def test_each_damaged_shard_is_said_once_in_a_sweep_and_a_run(capsys):
+    """The workers' damage lines (every rank's, carried in each report) reach the console: a
+    line a shard, the first time a report names it, whichever trial of the sweep met it."""
+    from types import SimpleNamespace
+
+    from smotune.config import SweepConfig
+
+    sweep = SweepConfig.model_validate(
+        {"name": "s", "train": {"data": {"train": "x.tar", "zeroshot": "zs"}, "epochs": 3}}
+    )
+    cut = "/d/train-0000.tar: ends at byte 4096 of 4096: truncated inside 000001251.jpg"
+    garbled = "/d/train-0001.tar: bytes 6380032-6445568 of 9000000 unreadable: invalid tar header"
+    say = console.SweepConsole(sweep, total=2)
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial, epoch, damage in ((a, 1, cut), (a, 2, f"{cut}\n{garbled}"), (b, 1, cut)):
+        result = {"epoch": epoch, "zeroshot_top1": 0.5, "data_damage": damage}
+        say.on_trial_result(0, [a, b], trial, result)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "damaged" in ln]
+    assert said == [
+        f"[search] trial a damaged shard {cut}",
+        f"[search] trial a damaged shard {garbled}",
+    ]
+
+    class Reports:  # the Ray queue's side EpochFeed reads: get, then Empty when drained
+        def __init__(self, items):
+            self.items = list(items)
+
+        def get(self, timeout):
+            if not self.items:
+                raise console.Empty
+            return self.items.pop(0)
+
+    import threading
+
+    feed = console.EpochFeed.__new__(console.EpochFeed)  # its printing, without a Ray queue
+    feed.epochs, feed._said, feed._damage = 3, 0, set()
+    feed.queue = Reports(
+        {"epoch": e, "zeroshot_top1": 0.5, "data_damage": d}
+        for e, d in ((1, cut), (2, f"{cut}\n{garbled}"), (3, f"{cut}\n{garbled}"))
+    )
+    stop = threading.Event()
+    stop.set()
+    feed._drain(stop)
+    assert [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("epoch")] == [
+        f"damaged shard {cut}",
+        f"damaged shard {garbled}",
+    ]

@@ -238,17 +238,25 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
     assert first["train_loss"] == pytest.approx(sum(losses) / len(losses))
     lost = w.skipped.reasons["lost_in_damage"]
     assert lost > 0 and first["data_skipped"] == w.skipped.count == lost
+    # the damaged shard in one line, what the consoles print and MLflow keeps
+    assert first["data_damaged_shards"] == 1
+    (line,) = first["data_damage"].splitlines()
+    size = shard.stat().st_size
+    assert line.startswith(f"{shard}: ends at byte {size} of {size}: truncated inside "), line
+    assert line.endswith(f"; {lost} of the 16 samples sizes.json lists lost"), line
 
     with tempfile.TemporaryDirectory() as tmp:  # a worker group restarted from that checkpoint
-        engine._save_checkpoint(Path(tmp), w.parts, first, w.cfg)
+        engine._save_checkpoint(Path(tmp), w.parts, first, w.cfg, w.damage)
         again = _one_worker(tmp_path)
         from ray.train import Checkpoint
 
         assert engine.resume(again, Checkpoint.from_directory(tmp)) == first  # reported again
     assert (again.epoch, again.step, again.skipped_before, again.restarts) == (1, 4, lost, 1)
+    assert again.damage == w.damage  # the shards named so far come back with the checkpoint
     second = engine.train_epoch(again, plan, epoch=2)
     assert second["step"] == 2 * plan.steps and second["restarts"] == 1
     assert second["data_skipped"] == lost + again.skipped.count > lost
+    assert second["data_damage"] == first["data_damage"]  # met again: still one line
 
 
 def _checkpoint(tmp: Path, w: engine.Worker, metrics) -> tuple[Path, int]:

@@ -474,3 +474,119 @@ def test_the_plots_data_is_what_the_sweep_logged(logged):
         assert t.curve == [(e, top1(s, wd, e)) for e in range(1, epochs + 1)]
     assert plots.seed_groups(data) == {g.label: g.values for g in logged.groups}
     assert data.verdict == logged.verdict.verdict and data.best_trial == logged.verdict.chosen.label
+
+
+def test_mlflow_opens_on_the_runs_named_described_with_their_damage(mlflow_server, tmp_path):
+    """What MLflow's UI shows of a sweep, read over REST as the UI reads it: runs named for what
+    they are, the baseline marked, each run's description saying how it ended, the damaged
+    shards on the trial that met them and their count on the parent, and the saved view (the
+    experiment tag the printed URL opens: columns, the objective's sort and charts)."""
+    uri = mlflow_server
+    text = SWEEP_YAML.format(name="ui-view", uri=uri, storage=tmp_path / "runs")
+    text = text.replace("seed: 0,", "seed: 0, include_default: true,")
+    sweep = SweepConfig.model_validate(yaml.safe_load(text))
+    cut = "/d/train-0000.tar: ends at byte 4096 of 4096: truncated inside 000001251.jpg"
+    garbled = "/d/train-0001.tar: bytes 6380032-6445568 of 9000000 unreadable: invalid tar header"
+    other = "/d/train-0002.tar: unreadable: ReadError: not a tar file"
+
+    search = tracking.MlflowSweepCallback(sweep, text)
+    base = tune_trial("base0001", dict(BASELINE))
+    rival = tune_trial("rival002", {"loss.label_smoothing": 0.25, "optim.weight_decay": 0.5})
+    trials = [base, rival]
+    search.on_trial_start(0, trials, base)
+    for epoch, damage in ((1, cut), (2, f"{cut}\n{garbled}"), (3, f"{cut}\n{garbled}")):
+        search.on_trial_result(
+            0, trials, base, {**result(base.config, epoch), "data_damage": damage}
+        )
+    search.on_trial_complete(0, trials, base)
+    search.on_trial_start(0, trials, rival)
+    search.on_trial_result(0, trials, rival, {**result(rival.config, 1), "data_damage": other})
+    search.on_trial_complete(0, trials, rival)  # one epoch of 3: ASHA stopped it
+    search.on_experiment_end(trials)
+    parent_id = search.parent_run_id
+
+    groups = [confirm.Group("baseline", dict(BASELINE)), confirm.Group("rival002", rival.config)]
+    confirming = tracking.MlflowSweepCallback(
+        sweep,
+        text,
+        phase="confirm",
+        parent_run_id=parent_id,
+        confirm_labels=lambda config: confirm.group_of(groups, config).label,
+    )
+    ran: list = []  # run_trial adds each trial as Tune lists it
+    for i, point in enumerate(confirm.points(groups, [1])):
+        run_trial(confirming, ran, tune_trial(f"conf{i:04d}", point), EPOCHS)
+    confirming.on_experiment_end(ran)
+
+    exp = rest(uri, "api/2.0/mlflow/experiments/get-by-name", experiment_name="ui-view")
+    exp_id = exp["experiment"]["experiment_id"]
+    found = rest(uri, "api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+
+    def tags(run):
+        return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+    by_name = {r["info"]["run_name"]: r for r in found}
+    assert set(by_name) == {
+        "sweep ui-view",
+        "search #0 baseline ls=0.1 wd=0.1",
+        "search #1 ls=0.25 wd=0.5",
+        "confirm baseline seed 1",
+        "confirm #1 seed 1 ls=0.25 wd=0.5",
+    }
+    marked = {n for n, r in by_name.items() if tags(r).get("baseline") == "true"}
+    assert marked == {"search #0 baseline ls=0.1 wd=0.1", "confirm baseline seed 1"}
+    described = {n: tags(r)["mlflow.note.content"] for n, r in by_name.items()}
+    best = top1(0.1, 0.1, EPOCHS)
+    assert described["search #0 baseline ls=0.1 wd=0.1"] == (
+        f"completed 3/3 epochs: zeroshot_top1 {best:.4f}"
+    )
+    assert described["search #1 ls=0.25 wd=0.5"] == (
+        f"stopped by ASHA at epoch 1/3: zeroshot_top1 {top1(0.25, 0.5, 1):.4f}"
+    )
+    assert described["sweep ui-view"].startswith(
+        f"best searched config: search #0 baseline ls=0.1 wd=0.1, zeroshot_top1 {best:.4f} "
+        "at its last epoch, the best of 1 completed of 2 search trials, each at one seed; "
+        "not confirmed over new seeds"
+    )
+    # an ASHA stop is no failure: FINISHED (a KILLED run shows a failed run's red cross)
+    assert by_name["search #1 ls=0.25 wd=0.5"]["info"]["status"] == "FINISHED"
+
+    # the damage: each trial's shards as the console said them, the sweep's count on the parent
+    assert tags(by_name["search #0 baseline ls=0.1 wd=0.1"])["data_damage"] == f"{cut}\n{garbled}"
+    assert tags(by_name["search #1 ls=0.25 wd=0.5"])["data_damage"] == other
+    counted = rest(
+        uri,
+        "api/2.0/mlflow/metrics/get-history",
+        run_id=parent_id,
+        metric_key="data_damaged_shards",
+    )["metrics"]
+    assert sorted(m["value"] for m in counted) == [1, 2, 3]  # as each new shard was met
+    latest = {m["key"]: m["value"] for m in by_name["sweep ui-view"]["data"]["metrics"]}
+    assert latest["data_damaged_shards"] == 3
+
+    # the saved view, as the UI reads it from the experiment's tags
+    exp_tags = {t["key"]: t["value"] for t in exp["experiment"].get("tags", [])}
+    envelope = json.loads(exp_tags["mlflow.sharedViewState.smotune-ui-view"])
+    assert envelope["name"] == "smotune: ui-view" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`zeroshot_top1`", False)
+    assert {
+        "attributes.`Description`",
+        "metrics.`zeroshot_top1`",
+        "tags.`status`",
+        "tags.`baseline`",
+        "params.`loss.label_smoothing`",
+        "params.`optim.weight_decay`",
+    } <= set(state["selectedColumns"])
+    assert state["runsHiddenMode"] == "SHOW_ALL"
+    charts = {c["type"]: c for c in state["compareRunCharts"]}
+    assert charts["PARALLEL"]["selectedParams"] == ["loss.label_smoothing", "optim.weight_decay"]
+    assert charts["PARALLEL"]["selectedMetrics"] == ["zeroshot_top1"]
+    assert charts["LINE"]["metricKey"] == charts["BAR"]["metricKey"] == "zeroshot_top1"
+
+    # the line the sweep ends with: the URL of that view, served by the tracking server
+    line = tracking.where_to_look(sweep)
+    url = f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert line.startswith(f"compare the trials: {url}&viewStateShareKey=smotune-ui-view\n")
+    with urllib.request.urlopen(url.split("#")[0], timeout=30) as page:
+        assert page.status == 200 and b'<div id="root"' in page.read()

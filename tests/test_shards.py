@@ -6,6 +6,7 @@ import io
 import json
 import math
 import random
+import re
 import sys
 import tarfile
 from collections import Counter
@@ -26,6 +27,7 @@ from smotune.data.shards import (
     shard_list,
     shard_url,
 )
+from smotune.data.skips import damage_lines
 from smotune.errors import UserError
 
 
@@ -509,6 +511,12 @@ def test_damaged_shards_are_read_through_and_every_lost_sample_counted(
         # the count reads the same headers: what it finds is trained or counted as skipped
         assert len(clear) < counted[1] < 160
         assert len(trained[1]) + skipped[1].count == counted[1]
+    # one line a damaged shard, each naming it and what was met there (the console's lines)
+    lines = damage_lines(skipped[1].damage)
+    assert [ln.split(": ", 1)[0] for ln in lines] == [paths[1], paths[3]] and not skipped[0].damage
+    assert re.match(rf"{paths[1]}: bytes \d+-\d+ of \d+ unreadable: invalid tar header", lines[0])
+    assert lines[1].startswith(f"{paths[3]}: ends at byte {Path(paths[3]).stat().st_size} of ")
+    assert ("samples sizes.json lists lost" in lines[1]) == sizes_json
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "bytes " in warned and "unreadable: invalid tar header" in warned
     assert f"{paths[3]}: ends at byte {Path(paths[3]).stat().st_size} of" in warned

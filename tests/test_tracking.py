@@ -145,7 +145,7 @@ def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSw
     assert len(parents) == 1 and len(children) == len(GRID)
     parent = parents[0]
     assert parent.info.run_id == callback.parent_run_id
-    assert parent.info.run_name.startswith(f"{sweep.name}-")
+    assert parent.info.run_name == f"sweep {sweep.name}"
     assert parent.info.status == "FINISHED"
     assert parent.data.params["space.loss.label_smoothing"] == "{uniform: [0.0, 0.3]}"
     assert parent.data.params["search.algo"] == "random"
@@ -158,7 +158,10 @@ def check_logged_sweep(uri: str, sweep: SweepConfig, callback: tracking.MlflowSw
     for smoothing, child in by_smoothing.items():
         tags, params = child.data.tags, child.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.run_name == tags["trial_id"]
+        # what it is: its number (start order) and searched value; no include_default, no
+        # baseline among the search trials
+        assert re.fullmatch(rf"search #[0-4] ls={smoothing:g}", child.info.run_name)
+        assert "baseline" not in tags
         assert tags["status"] == GRID[smoothing], (smoothing, tags)
         want = "FAILED" if GRID[smoothing] == "failed" else "FINISHED"
         assert child.info.status == want
@@ -284,6 +287,14 @@ def test_state_round_trip_reuses_runs(sqlite_uri, tmp_path, monkeypatch):
     assert parents[0].data.tags["best_trial"] == "aaaa0001"
     assert {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
+    # each run named at its start, numbered in start order; described as it ended
+    names = {c.data.tags["trial_id"]: c.info.run_name for c in children}
+    assert names == {"aaaa0001": "search #0 ls=0.1", "bbbb0002": "search #1 ls=0.2"}
+    said = {c.data.tags["trial_id"]: c.data.tags["mlflow.note.content"] for c in children}
+    assert said == {
+        "aaaa0001": "completed 3/3 epochs: zeroshot_top1 0.4300",
+        "bbbb0002": "stopped by ASHA at epoch 2/3: zeroshot_top1 0.3200",
+    }
 
     # a resume whose journal is lost (e.g. kept on another machine) still finds the runs:
     # the parent from Tune's saved state, b by its trial_id tag under the parent
@@ -652,3 +663,27 @@ def test_sweep_time_reads_the_wall_and_the_training_loops_back(sqlite_uri):
         ("b", "confirm", 2, 18.5, 30.0),
     ]
     assert timed.train_s == 41.5 and timed.train_share == pytest.approx(0.415)
+
+
+def test_the_sweep_ends_with_the_url_of_its_view_in_mlflow_ui(sqlite_uri, tmp_path, monkeypatch):
+    """A local store: the `mlflow ui` command, then the URL of the sweep's saved view in the
+    training runs table; a store that cannot be read: the command and the experiment's name."""
+    monkeypatch.chdir(tmp_path)
+    sweep, text = make_sweep(sqlite_uri)
+    callback = tracking.MlflowSweepCallback(sweep, text)
+    callback.setup()
+    assert callback.flush(30)
+    exp = mlflow.MlflowClient(sqlite_uri).get_experiment_by_name(sweep.experiment)
+    assert f"mlflow.sharedViewState.smotune-{sweep.name}" in exp.tags
+    line = tracking.where_to_look(sweep)
+    assert line.startswith(
+        f"compare the trials: mlflow ui --backend-store-uri {sqlite_uri}, then open "
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?"
+        f"workflowType=machine_learning&viewStateShareKey=smotune-{sweep.name}\n"
+    ), line
+    close_journal(live(tracking.sweep_journal_path(sweep)))
+    gone, _ = make_sweep(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    assert tracking.where_to_look(gone) == (
+        f"compare the trials: mlflow ui --backend-store-uri sqlite:///{tmp_path}/missing/"
+        f"mlflow.db, then open http://127.0.0.1:5000  (experiment {gone.experiment!r})"
+    )

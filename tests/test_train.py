@@ -316,3 +316,59 @@ def test_a_diverging_run_fails_and_says_why(ray_cluster, synth_data, tmp_path):
         r"rank 0,1: FloatingPointError: loss is (nan|inf) at epoch 1, step \d+", reason
     ), reason
     assert not _checkpoints(tmp_path / "runs", "diverge")
+
+
+def test_damaged_shards_are_named_on_the_console(ray_cluster, tmp_path):
+    """`smotune train` on shards with one truncated and one garbled tar, one on each of its two
+    ranks, says in its own output which shards and why, one line a shard (the workers' log is
+    not shown without --verbose), and counts them in its final line."""
+    import random
+
+    from smotune.data import synth
+
+    data = tmp_path / "data"
+    synth.generate(data, train_samples=512, shards=4, eval_per_class=1, seed=0)
+    cut, garbled = data / "train-0000.tar", data / "train-0001.tar"  # rank 0's, rank 1's
+    with open(cut, "r+b") as f:
+        f.truncate(cut.stat().st_size // 2 + 700)  # inside a member
+    with open(garbled, "r+b") as f:
+        f.seek(garbled.stat().st_size // 2)
+        f.write(random.Random(1).randbytes(65536))
+    cfg = {
+        "model": {"arch": "tiny-vit"},
+        "data": {
+            "train": str(data / "train-{0000..0003}.tar"),
+            "zeroshot": str(data / "zeroshot"),
+            "loader_workers": 0,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 1, "batch_size": 32},
+        "epochs": 1,
+        "workers": {"num": 2, "cpus": 1},
+        "eval": {"max_samples": 48},
+    }
+    path = tmp_path / "damaged.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-m", "smotune", "train", str(path), "--storage", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    damaged = [ln for ln in out.splitlines() if ln.startswith("damaged shard ")]
+    size = cut.stat().st_size
+    assert len(damaged) == 2, out[-3000:]
+    assert damaged[0].startswith(
+        f"damaged shard {cut}: ends at byte {size} of {size}: truncated inside "
+    ), damaged
+    assert re.match(
+        rf"damaged shard {garbled}: bytes \d+-\d+ of \d+ unreadable: invalid tar header", damaged[1]
+    ), damaged
+    assert all("samples sizes.json lists lost" in ln for ln in damaged), damaged
+    final = _final(out)
+    assert final["data_damaged_shards"] == "2" and int(final["data_skipped"]) > 0, final
+    assert "data_damage=" not in out

@@ -190,20 +190,20 @@ class _WorkerSamples(IterableDataset):
                     for item in _read_tar(url):
                         if isinstance(item, Damage):
                             damaged = True
-                            self.skipped.add("damaged_shard", f"{url}: {item}")
+                            self.skipped.add("damaged_shard", str(item), shard=url)
                             continue
                         keys.add(base_plus_ext(item["fname"])[0])
                         yield item
                 except Exception as exc:
                     damaged = True
-                    self.skipped.add("unreadable_shard", f"{url}: {describe(exc)}")
+                    self.skipped.add("unreadable_shard", describe(exc), shard=url)
                 else:
                     self.skipped.shard_read()
                 listed = self.sizes.get(url)
                 if damaged and listed is not None and listed > len(keys):
                     lost = listed - len(keys)
-                    detail = f"{url}: {lost} of the {listed} samples sizes.json lists"
-                    self.skipped.add("lost_in_damage", detail, lost)
+                    detail = f"{lost} of the {listed} samples sizes.json lists lost"
+                    self.skipped.add("lost_in_damage", detail, lost, shard=url)
                 yield {}
             if not self.rounds:
                 return

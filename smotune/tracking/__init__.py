@@ -6,12 +6,16 @@ at the end ``best_<metric>`` metrics, tags ``best_trial`` / ``best_run_id`` and
 artifact ``best.yaml``, and the rung check: ``rung_<epoch>/tau`` ... metrics,
 ``rung_<epoch>/judgement`` and ``rung_check`` tags; with a transfer phase its
 ``transfer/*`` metrics and ``transfer_*`` tags, best moved to the config chosen at
-that fidelity); one nested child run per Tune trial (run name = trial id; tags
+that fidelity); one nested child run per Tune trial (run name = what it is,
+``search #3 ls=0.12 wd=0.3``, ``confirm baseline seed 2``: see ``ui``; tags
 ``kind=trial``, ``trial_id``, ``status``, ``reason``, ``checkpoint``, ``best``,
-``phase`` (``search``, ``confirm``, ``transfer``), for re-runs ``seed`` and
-``confirm_of``; params = the flattened train config with dotted names plus
-``global_batch_size``; per-epoch metrics with ``step=epoch``; artifact
-``train.yaml``).
+``baseline``, ``data_damage`` (its damaged shards, one line each), ``phase``
+(``search``, ``confirm``, ``transfer``), for re-runs ``seed`` and ``confirm_of``; its
+description saying how it ended; params = the flattened train config with dotted
+names plus ``global_batch_size``; per-epoch metrics with ``step=epoch``; artifact
+``train.yaml``). The parent is named ``sweep <name>``, counts the damaged shards its
+trials met (``data_damaged_shards``), and its experiment holds the saved view
+``smotune: <name>`` that the URL printed at the sweep's end opens.
 
 A trial's ``status`` tag ends as ``completed`` (ran all epochs, run FINISHED),
 ``early_stopped`` (stopped before its last epoch, run FINISHED), ``failed``
@@ -26,7 +30,8 @@ operations on local disk), ``writer`` (the thread that applies them, and
 confirm phase's verdict), ``transfer`` (the transfer phase's result, best.yaml at
 its fidelity), ``rungs`` (the rung check on the parent), ``history``
 (a sweep read back as the plots' data, its plots uploaded), ``ensemble`` (a top-K
-ensemble's accuracy on the parent).
+ensemble's accuracy on the parent), ``ui`` (run names, descriptions, the saved view and
+its URL: how the sweep reads in MLflow's UI).
 Only this package imports ``mlflow``.
 
 A tracking store that is down, slow or refusing never stops a sweep: what it
@@ -98,6 +103,7 @@ from smotune.tracking.read import (
 )
 from smotune.tracking.rungs import log_rungs
 from smotune.tracking.transfer import log_transfer
+from smotune.tracking.ui import where_to_look
 from smotune.tracking.verdict import log_verdict
 from smotune.tracking.writer import sync
 
@@ -168,4 +174,5 @@ __all__ = [
     "sweep_time",
     "train_params",
     "transfer_mean",
+    "where_to_look",
 ]

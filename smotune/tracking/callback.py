@@ -26,8 +26,9 @@ from urllib.parse import urlparse
 from ray.tune import Callback
 
 from smotune.config import SweepConfig, absolute_paths, dump_train
+from smotune.confirm import BASELINE
 from smotune.console import stop_reason
-from smotune.space import trial_config
+from smotune.space import default_point, trial_config
 from smotune.tracking.check import error_line, redact
 from smotune.tracking.journal import (
     Journal,
@@ -44,13 +45,17 @@ from smotune.tracking.names import (
     KILLED_REASON,
     KIND_SWEEP,
     KIND_TRIAL,
+    METRIC_DAMAGED_SHARDS,
     NAN_REASON,
     PHASE_SEARCH,
     RESULT_CHECKPOINT,
     RUN_STATUS,
     RUNNING,
+    TAG_BASELINE,
     TAG_CHECKPOINT,
     TAG_CONFIRM_OF,
+    TAG_DATA_DAMAGE,
+    TAG_DESCRIPTION,
     TAG_KIND,
     TAG_PHASE,
     TAG_REASON,
@@ -60,7 +65,15 @@ from smotune.tracking.names import (
     TAG_TRIAL_ID,
 )
 from smotune.tracking.params import result_metrics, sweep_params, train_params
+from smotune.tracking.ui import ending, parent_name, trial_name, view_tag
 from smotune.tracking.writer import open_journal
+
+MAX_TAG = 8000  # MLflow's longest tag value
+
+
+def _shards(damage: str) -> set[str]:
+    """The shards a ``data_damage`` text names (each line ``<shard>: <what was met>``)."""
+    return {line.split(": ", 1)[0] for line in damage.splitlines() if line}
 
 
 def _trial_error(trial: Any) -> str:
@@ -174,10 +187,11 @@ class MlflowSweepCallback(Callback):
             "start_parent",
             run=self._parent_key,
             experiment=self.sweep.experiment,
-            run_name=f"{self.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            run_name=parent_name(self.sweep),
             tags={TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep.name, **self.parent_tags},
             params=sweep_params(self.sweep),
             sweep_text=self.sweep_file_text.replace(uri, redact(uri)),
+            experiment_tags=dict([view_tag(self.sweep, int(time.time() * 1000))]),
         )
         return journal
 
@@ -200,15 +214,27 @@ class MlflowSweepCallback(Callback):
             TAG_STATUS: RUNNING,
             TAG_PHASE: self.phase,
         }
+        config, numbers = dict(trial.config), self._search_numbers(journal)
         if self.phase != PHASE_SEARCH:  # a config re-run at a seed (confirm, transfer)
             tags[TAG_SEED] = str(cfg.seed)
-            tags[TAG_CONFIRM_OF] = self.confirm_labels(dict(trial.config))
+            tags[TAG_CONFIRM_OF] = label = self.confirm_labels(config)
+            baseline, number = label == BASELINE, numbers.get(label)
+        else:
+            point = default_point(self.sweep)
+            baseline = self.sweep.search.include_default and all(
+                config.get(p) == v for p, v in point.items()
+            )
+            number = numbers.get(trial.trial_id, len(numbers))
+            label = None
+        if baseline:
+            tags[TAG_BASELINE] = "true"
         journal.append(
             "start_trial",
             run=self._trial_key(trial.trial_id),
             parent=self._parent_key,
             experiment=self.sweep.experiment,
             trial_id=trial.trial_id,
+            run_name=trial_name(self.sweep, self.phase, config, number, baseline, cfg.seed, label),
             tags=tags,
             params=train_params(cfg),
             train_yaml=dump_train(cfg),
@@ -227,12 +253,29 @@ class MlflowSweepCallback(Callback):
         self._trials[trial.trial_id] = rec
         return rec
 
+    def _search_numbers(self, journal: Journal) -> dict[str, int]:
+        """Search trial id -> its number (start order from 0, as the plots number them), from
+        the journal's search trials under this parent (a resumed sweep's included)."""
+        numbers: dict[str, int] = {}
+        for op in journal.snapshot().ops:
+            if (
+                op["op"] == "start_trial"
+                and op["parent"] == self._parent_key
+                and op["tags"].get(TAG_PHASE, PHASE_SEARCH) == PHASE_SEARCH
+            ):
+                numbers.setdefault(op["trial_id"], len(numbers))
+        return numbers
+
     def _rec(self, trial: Any) -> dict[str, Any]:
         return self._trials.get(trial.trial_id) or self._start(trial)
 
     def _end(self, trial_id: str, status: str, reason: str = "", tags: dict | None = None) -> None:
         rec = self._trials[trial_id]
+        metric = self.sweep.search.metric
+        value = rec["metrics"].get(metric)
+        words = ending(status, reason, rec["last_epoch"], rec["epochs"], metric, value)
         tags = {**(tags or {}), TAG_STATUS: status, **({TAG_REASON: reason} if reason else {})}
+        tags[TAG_DESCRIPTION] = words
         self._attach().append(
             "end_run", run=self._trial_key(trial_id), tags=tags, status=RUN_STATUS[status]
         )
@@ -272,6 +315,7 @@ class MlflowSweepCallback(Callback):
         if loss is not None and math.isnan(loss) and rec["status"] != FAILED:
             tags.update({TAG_STATUS: FAILED, TAG_REASON: NAN_REASON})
             rec.update(status=FAILED, reason=NAN_REASON)
+        tags.update(self._damage(rec, result))
         new = "epoch" not in result or step > rec["last_epoch"]  # a resumed run may re-report
         if new or tags:
             self._attach().append(
@@ -285,6 +329,39 @@ class MlflowSweepCallback(Callback):
         if "epoch" in result:
             rec["last_epoch"] = max(rec["last_epoch"], step)
         rec["metrics"].update(metrics)
+
+    def _damage(self, rec: dict[str, Any], result: dict) -> dict[str, str]:
+        """The trial's ``data_damage`` tag when its damaged shards changed; the parent's count
+        of the sweep's damaged shards journalled when it grew."""
+        text = result.get(TAG_DATA_DAMAGE)
+        if not isinstance(text, str) or text == rec.get("damage"):
+            return {}
+        rec["damage"] = text
+        journal = self._attach()
+        before = self._sweep_damage(journal)
+        after = before | _shards(text)
+        if len(after) > len(before):
+            journal.append(
+                "log",
+                run=self._parent_key,
+                step=0,
+                time=int(time.time() * 1000),
+                metrics={METRIC_DAMAGED_SHARDS: float(len(after))},
+                tags={},
+            )
+        return {TAG_DATA_DAMAGE: text[:MAX_TAG]}
+
+    def _sweep_damage(self, journal: Journal) -> set[str]:
+        """The shards the sweep's trials (every phase, a resumed sweep's too) found damaged,
+        as journalled on their runs."""
+        ops = journal.snapshot().ops
+        parent = self._parent_key
+        mine = {o["run"] for o in ops if o["op"] == "start_trial" and o["parent"] == parent}
+        found: set[str] = set()
+        for o in ops:
+            if o["op"] == "log" and o["run"] in mine and TAG_DATA_DAMAGE in o["tags"]:
+                found |= _shards(o["tags"][TAG_DATA_DAMAGE])
+        return found
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._rec(trial)

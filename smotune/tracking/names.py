@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from smotune.config import METRICS  # noqa: F401  (smotune's metric names, shared with Tune)
+from smotune.config import (
+    DAMAGE_KEY,
+    METRICS,  # noqa: F401  (smotune's metric names, shared with Tune)
+)
 
 TUNE_KEYS = (
     "training_iteration",
@@ -35,6 +38,9 @@ TAG_BEST_RUN_ID = "best_run_id"
 TAG_PHASE = "phase"
 TAG_SEED = "seed"
 TAG_CONFIRM_OF = "confirm_of"
+TAG_BASELINE = "baseline"  # "true" on the baseline's runs (train: as written), search or confirm
+TAG_DATA_DAMAGE = DAMAGE_KEY  # a trial's damaged or unreadable shards, one line each
+METRIC_DAMAGED_SHARDS = "data_damaged_shards"  # a trial's (engine) or the sweep's (parent) count
 TAG_VERDICT = "verdict"
 TAG_OPTUNA_STORAGE = "optuna_storage"
 TAG_SWEEP_PATH = "sweep_path"

@@ -10,14 +10,15 @@ them twice).
 Operations (JSON fields besides ``t``, ``n``, ``op``):
 
 - ``start_parent``: ``run`` (key), ``experiment``, ``run_name``, ``tags``,
-  ``params``, ``sweep_text``; creates the parent or sets it RUNNING again;
-- ``start_trial``: ``run``, ``parent``, ``experiment``, ``trial_id``, ``tags``,
-  ``params``, ``train_yaml``; creates the child or sets it RUNNING again;
+  ``params``, ``sweep_text``, ``experiment_tags`` (the saved view of
+  :mod:`smotune.tracking.ui`); creates the parent or sets it RUNNING again;
+- ``start_trial``: ``run``, ``parent``, ``experiment``, ``trial_id``, ``run_name``,
+  ``tags``, ``params``, ``train_yaml``; creates the child or sets it RUNNING again;
 - ``log``: ``run``, ``step``, ``time`` (ms), ``metrics``, ``tags``;
 - ``end_run``: ``run``, ``tags``, ``status`` (an MLflow run status);
 - ``end_sweep``: ``parent``, ``experiment``, ``phase``, ``metric``, ``mode``, ``time``;
-  ends children still RUNNING as KILLED, marks the best (search phase), ends
-  the parent FINISHED;
+  ends children still RUNNING as KILLED, marks the best (search phase: with its
+  description on the parent until a verdict replaces it), ends the parent FINISHED;
 - ``verdict``: ``parent``, ``verdict``, ``metrics``, ``best_label``, ``time`` (see
   :mod:`smotune.tracking.verdict`);
 - ``transfer``: ``parent``, ``time``, ``verdict``, ``words``, ``method``, ``chosen``,
@@ -46,6 +47,7 @@ from smotune.tracking.journal import Journal
 from smotune.tracking.names import (
     BEST_ARTIFACT,
     BEST_PREFIX,
+    COMPLETED,
     KILLED,
     KILLED_REASON,
     PHASE_SEARCH,
@@ -53,14 +55,18 @@ from smotune.tracking.names import (
     TAG_BEST,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
+    TAG_DESCRIPTION,
     TAG_JOURNAL_KEY,
     TAG_PARENT,
+    TAG_PHASE,
     TAG_REASON,
     TAG_STATUS,
     TAG_TRIAL_ID,
+    TAG_VERDICT,
     TRAIN_ARTIFACT,
 )
 from smotune.tracking.read import artifact_text, best_run, children
+from smotune.tracking.ui import best_words, ending
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +185,8 @@ class Store:
         if self.journal.run_id(key) != run_id:
             self.journal.resolve(key, run_id)
         self._fill(run_id, tags, op["params"], (op["sweep_text"], SWEEP_ARTIFACT))
+        for name, value in op.get("experiment_tags", {}).items():
+            self.client.set_experiment_tag(exp_id, name, value)
 
     def _start_trial(self, op: dict[str, Any]) -> None:
         key = op["run"]
@@ -193,7 +201,8 @@ class Store:
             run = found[0] if found else None
         tags = {**op["tags"], TAG_PARENT: parent_id}
         if run is None:
-            run = self.client.create_run(exp_id, run_name=op["trial_id"], tags=tags)
+            name = op.get("run_name", op["trial_id"])  # a journal of an older smotune: the id
+            run = self.client.create_run(exp_id, run_name=name, tags=tags)
             self._epochs[run.info.run_id] = 0
         else:
             if run.info.status != "RUNNING":
@@ -228,7 +237,11 @@ class Store:
         parent_id = self.run_id(op["parent"])
         exp_id = self.experiment(op["experiment"])
         for run in children(self.client, exp_id, parent_id, "attributes.status = 'RUNNING'"):
+            epochs_run = int(run.data.metrics.get("epoch", 0))
+            epochs = int(run.data.params.get("epochs", 0))
+            words = ending(KILLED, KILLED_REASON, epochs_run, epochs, op["metric"], None)
             tags = [RunTag(TAG_STATUS, KILLED), RunTag(TAG_REASON, KILLED_REASON)]
+            tags.append(RunTag(TAG_DESCRIPTION, words))
             self.client.log_batch(run.info.run_id, tags=tags)
             self.client.set_terminated(run.info.run_id, status="KILLED")
         if op["phase"] == PHASE_SEARCH:
@@ -240,6 +253,10 @@ class Store:
         client = self.client
         best = best_run(client, exp_id, parent_id, metric, mode)
         best_id = best.info.run_id if best is not None else None
+        if TAG_VERDICT not in client.get_run(parent_id).data.tags:  # the verdict says more
+            searched = children(client, exp_id, parent_id, f"tags.{TAG_PHASE} = '{PHASE_SEARCH}'")
+            done = [r for r in searched if r.data.tags.get(TAG_STATUS) == COMPLETED]
+            client.set_tag(parent_id, TAG_DESCRIPTION, best_words(best, metric, done, searched))
         for run in children(client, exp_id, parent_id, f"tags.{TAG_BEST} = 'true'"):
             if run.info.run_id != best_id:
                 client.delete_tag(run.info.run_id, TAG_BEST)
