@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import yaml
+from scipy.stats import kendalltau
 from scipy.stats import t as tdist
 
-from smotune import cli, config, sweep, tracking
+from smotune import cli, config, stats, sweep, tracking
 from smotune.data import synth
 
 pytestmark = pytest.mark.ray
@@ -434,15 +436,19 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
 
 def test_a_race_runs_in_rounds_and_resumes_where_it_was(ray_cluster, synth_data, tmp_path):
     """The baseline learns nothing (lr 1e-9); the searched config learns. The race runs seeds 1
-    and 2 of both, then one seed a round while the rival is ahead and not yet claimed. One
-    sweep, three drivers: Ctrl-C'd in round one (exit 130), SIGKILLed in round two, resumed to
-    its verdict; every (config, seed) ran once, and the verdict is the race replayed from the
-    values MLflow holds."""
+    and 2 of both, then one seed a round while the rival is ahead and not yet claimed; then the
+    transfer phase re-runs both at 3 epochs. One sweep, three drivers: Ctrl-C'd in round one
+    (exit 130), SIGKILLed in round two, resumed to its end; every (config, seed) ran once, the
+    verdict is the race replayed from the values MLflow holds, and the transfer phase's numbers
+    are scipy's on its runs' values; best.yaml is the config chosen at 3 epochs."""
     from smotune import confirm
 
     seed = next(s for s in range(100) if _drawn(s, 1)[0]["optim.lr"] == GOOD_LR)
-    race = {"top": 1, "seeds": 2, "max_seeds": 4}
-    path = _sweep_file(tmp_path, synth_data, "race", 2, seed, include_default=True, confirm=race)
+    race = {"top": 1, "seeds": 2, "max_seeds": 3}
+    transfer = {"overrides": {"epochs": 3}, "top": 1, "seeds": 2}
+    path = _sweep_file(
+        tmp_path, synth_data, "race", 2, seed, include_default=True, confirm=race, transfer=transfer
+    )
     data = yaml.safe_load(path.read_text())
     data["train"]["optim"]["lr"] = BAD_LR  # the baseline
     path.write_text(yaml.safe_dump(data))
@@ -529,4 +535,47 @@ def test_a_race_runs_in_rounds_and_resumes_where_it_was(ray_cluster, synth_data,
     assert parent.data.metrics["verdict_gain"] == pytest.approx(found.comparisons[0].gain)
     assert found.words("zeroshot_top1") in third.stdout
     assert "[confirm] after 2 seeds, " in third.stdout  # the race replayed, round by round
-    assert not (tmp_path / "best.yaml").read_text().startswith("# from a partial sweep")
+
+    # then the transfer phase: the baseline and the rival at 3 epochs, at seeds after the race's
+    moved = [k for k in kids if k.data.tags["phase"] == "transfer"]
+    high: dict[str, dict[int, float]] = {}
+    for k in moved:
+        assert k.data.params["epochs"] == "3" and k.data.tags["status"] == "completed"
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "zeroshot_top1")]
+        assert steps == [1, 2, 3]
+        high.setdefault(k.data.tags["confirm_of"], {})[int(k.data.tags["seed"])] = k.data.metrics[
+            "zeroshot_top1"
+        ]
+    assert {g: sorted(v) for g, v in high.items()} == {"baseline": [4, 5], rival: [4, 5]}
+    m, tags = parent.data.metrics, parent.data.tags
+    lo = [statistics.fmean(g.values.values()) for g in groups]
+    hi = [statistics.fmean(high[g.label].values()) for g in groups]
+    for g, a, b in zip(groups, lo, hi, strict=True):
+        assert m[f"transfer/search/mean/{g.label}"] == pytest.approx(a)
+        assert m[f"transfer/transfer/mean/{g.label}"] == pytest.approx(b)
+    assert m["transfer/pairs"] == 1 and m["transfer/concordant"] == (
+        (lo[1] - lo[0]) * (hi[1] - hi[0]) > 0
+    )
+    if hi[0] != hi[1]:
+        assert m["transfer/tau"] == pytest.approx(kendalltau(lo, hi).statistic)
+    # the verdict there: scipy's t on the per-seed differences, the variance with h^2/6
+    d = [high[rival][s] - high["baseline"][s] for s in (4, 5)]
+    every = np.array([[[high[g][s] for s in (4, 5)] for g in ("baseline", rival)]])
+    h = stats.resolution(every)[0]
+    se = math.sqrt((statistics.variance(d) + h**2 / 6) / 2)
+    gain = statistics.fmean(d)
+    assert m["transfer/gain"] == pytest.approx(gain)
+    assert m["transfer/p"] == pytest.approx(tdist.sf(gain / se, 1), rel=1e-6)
+    verdict = tags["transfer_verdict"]
+    assert (verdict == "beats_baseline") == (gain - tdist.isf(0.05, 1) * se > 0)
+    chosen = rival if verdict == "beats_baseline" else "baseline"
+    best_run = client.get_run(tags["best_run_id"])
+    assert tags["best_trial"] == chosen and best_run.data.tags["phase"] == "transfer"
+    assert tags["mlflow.note.content"].startswith(
+        "at the transfer fidelity (epochs 3 (search 2)): "
+    )
+    assert tags["mlflow.note.content"] in third.stdout and "transfer: Kendall tau " in third.stdout
+    written = (tmp_path / "best.yaml").read_text()
+    assert not written.startswith("# from a partial sweep")
+    assert "# confirmed at the transfer fidelity: epochs 3 (search 2)" in written
+    assert config.load_train(tmp_path / "best.yaml").epochs == 3
