@@ -35,6 +35,7 @@ from ray.tune import Callback
 from ray.util.queue import Empty, Queue
 
 from smotune.config import DAMAGE_KEY, SweepConfig
+from smotune.lines import epoch_line
 from smotune.search import TIME_ATTR
 from smotune.space import optuna_space
 
@@ -185,11 +186,8 @@ class SweepConsole(Callback):
         if epoch is None or value is None or epoch <= self._said.get(trial.trial_id, 0):
             return  # no epoch, or one said already (reported again after a restart)
         self._said[trial.trial_id] = int(epoch)
-        loss = result.get("train_loss")
-        extra = f"  train_loss {loss:.4f}" if isinstance(loss, float) else ""
-        self._say(
-            f"{self._who(trial)} epoch {int(epoch)}/{self.epochs}  {self.metric} {value:.4f}{extra}"
-        )
+        line = epoch_line({**result, "epoch": int(epoch)}, self.epochs, first=self.metric)
+        self._say(f"{self._who(trial)} {line}")
 
     def _end(self, trials: list, trial: Any, line: str) -> None:
         if trial.trial_id not in self._ended:
@@ -304,20 +302,6 @@ def ray_logs_to(path: Path, verbose: bool = False) -> Iterator[Path]:
         handler.close()
 
 
-def train_epoch_line(metrics: dict[str, Any], epochs: int) -> str:
-    """``smotune train``'s line for one epoch."""
-    parts = [f"epoch {metrics.get('epoch')}/{epochs}"]
-    for key, fmt in (
-        ("zeroshot_top1", "{:.4f}"),
-        ("zeroshot_top5", "{:.4f}"),
-        ("train_loss", "{:.4f}"),
-        ("samples_per_s", "{:.0f}"),
-    ):
-        if isinstance(metrics.get(key), int | float):
-            parts.append(f"{key} {fmt.format(metrics[key])}")
-    return "  ".join(parts)
-
-
 class EpochFeed:
     """Rank 0's per-epoch metrics, from Ray Train's controller to this driver, printed as lines.
 
@@ -346,7 +330,7 @@ class EpochFeed:
                 continue
             if metrics[TIME_ATTR] > self._said:  # not an epoch reported again after a restart
                 self._said = metrics[TIME_ATTR]
-                print(train_epoch_line(metrics, self.epochs), flush=True)
+                print(epoch_line(metrics, self.epochs), flush=True)
             for line in damage_lines(metrics, self._damage):
                 print(line, flush=True)
 

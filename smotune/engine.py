@@ -38,21 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from smotune import checkpoints, lines, optim, ranks
 from smotune import loss as loss_mod
 from smotune import model as model_mod
-from smotune import optim
-from smotune.config import DAMAGE_KEY, TrainConfig, dump_train
+from smotune.config import DAMAGE_KEY, TrainConfig
 from smotune.data import shards, skips, zeroshot
 from smotune.errors import UserError
 from smotune.evaluate import zero_shot
 from smotune.runtime import Runtime, choose_runtime
 
 PHASE_TIMES_ENV = "SMOTUNE_PHASE_TIMES"  # "1": reports carry the phase/* times (the bench's)
-MODEL_FILE = "model.pt"  # open_clip-loadable state dict
-STATE_FILE = "train_state.pt"  # optimizer, scaler, epoch, step, metrics
-CONFIG_FILE = "train.yaml"  # the train config the checkpoint was trained with
 EVAL_CACHE_BYTES = 512 * 2**20  # a rank keeps its part of the zero-shot set this small decoded
 
 
@@ -118,27 +114,6 @@ def _damage_note(counts: list, per_rank: list[int], batch: int) -> str | None:
     )
 
 
-def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    return _sum_ranks(t, world).tolist()
-
-
-def _gather(obj: Any, world: int) -> list[Any]:
-    """Every rank's ``obj`` (picklable), on every rank."""
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _sum_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
-    """``t`` summed over the ranks (in place), every rank getting the sum."""
-    if world > 1:
-        dist.all_reduce(t)
-    return t
-
-
 @dataclass
 class StepParts:
     """What one optimizer step uses (:func:`train_step`): the model and how it is trained."""
@@ -187,51 +162,6 @@ class EpochPlan:
     evalset: Any  # this rank's part of the zero-shot set
 
 
-def _save_checkpoint(
-    tmp: Path,
-    parts: StepParts,
-    metrics: dict[str, Any],
-    cfg: TrainConfig,
-    damage: dict[str, list[str]] | None = None,
-) -> None:
-    """``model.pt`` (open_clip loads it), ``train_state.pt`` and ``train.yaml`` (``cfg``).
-
-    The optimizer and scaler state (AdamW's two moments: twice the model's bytes) is
-    what an exact resume needs, and only a run with epochs left resumes: the last
-    epoch's checkpoint leaves it out (a finished run restarted only reports its end,
-    and a run cannot be extended). Tune keeps one checkpoint per run, so a completed
-    trial keeps the model's bytes, not three times them.
-    """
-    model_mod.save_checkpoint(parts.model, tmp / MODEL_FILE)
-    (tmp / CONFIG_FILE).write_text(dump_train(cfg))
-    resumable = metrics["epoch"] < cfg.epochs
-    torch.save(
-        {
-            "optimizer": parts.optimizer.state_dict() if resumable else None,
-            "scaler": parts.scaler.state_dict() if parts.scaler and resumable else None,
-            "epoch": metrics["epoch"],
-            "step": metrics["step"],
-            "metrics": metrics,
-            "damage": damage or {},
-        },
-        tmp / STATE_FILE,
-    )
-
-
-def _load_checkpoint(path: str, parts: StepParts) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Restore model, optimizer and scaler (the last epoch's checkpoint holds neither of the
-    two); return the metrics of the checkpoint's epoch and the damaged shards met so far."""
-    module = model_mod.unwrap(parts.model)
-    sd = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=True)
-    module.load_state_dict(sd["state_dict"])
-    state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
-    if state["optimizer"] is not None:
-        parts.optimizer.load_state_dict(state["optimizer"])
-    if parts.scaler and state["scaler"]:
-        parts.scaler.load_state_dict(state["scaler"])
-    return state["metrics"], state.get("damage") or {}
-
-
 def train_step(parts: StepParts, images, texts, lr: float) -> float:
     """One optimizer step at learning rate ``lr``; returns the loss (a Python float)."""
     model, optimizer, scaler, runtime = parts.model, parts.optimizer, parts.scaler, parts.runtime
@@ -267,14 +197,6 @@ def quiet_libraries() -> None:
     """Keep open_clip's INFO lines and a torch deprecation notice out of every worker's log."""
     logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*all_gather is deprecated.*", FutureWarning)
-
-
-def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
-    return (
-        f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
-        f"zeroshot_top1 {metrics['zeroshot_top1']:.4f}  top5 {metrics['zeroshot_top5']:.4f}  "
-        f"{metrics['samples_per_s']:.0f} samples/s  skipped {metrics['data_skipped']}"
-    )
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -373,7 +295,7 @@ def resume(w: Worker, checkpoint: Any) -> dict[str, Any] | None:
     if not checkpoint:
         return None
     with checkpoint.as_directory() as path:
-        last, w.damage = _load_checkpoint(path, w.parts)
+        last, w.damage = checkpoints.load(path, w.parts)
     w.epoch, w.step, w.skipped_before = last["epoch"], last["step"], last["data_skipped"]
     w.restarts = last.get("restarts", 0) + (w.epoch < w.cfg.epochs)
     return last
@@ -433,10 +355,10 @@ def train_epoch(w: Worker, plan: EpochPlan, epoch: int) -> dict[str, Any]:
     end = time.perf_counter()
     elapsed = end - t_loop
     w.phases.update({"phase/loader_s": (first or end) - t0, "phase/steps_s": end - (first or end)})
-    loss_sum, samples, skipped = _all_reduce(
+    loss_sum, samples, skipped = ranks.all_reduce(
         [loss_sum, samples, w.skipped.count], w.device, w.world
     )
-    w.damage = skips.merge_damage(w.damage, *_gather(w.skipped.damage, w.world))
+    w.damage = skips.merge_damage(w.damage, *ranks.gather(w.skipped.damage, w.world))
     w.epoch = epoch
     damage = {DAMAGE_KEY: "\n".join(skips.damage_lines(w.damage))} if w.damage else {}
     return {
@@ -467,7 +389,7 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
             w.device,
             w.cfg.eval.batch_size,
             w.parts.runtime.autocast_dtype,
-            sum_ranks=lambda t: _sum_ranks(t.to(w.device), w.world),
+            sum_ranks=lambda t: ranks.sum_ranks(t.to(w.device), w.world),
         )
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -475,7 +397,7 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
         report = metrics
         if w.rank == 0:
             t1 = time.perf_counter()
-            _save_checkpoint(Path(tmp), w.parts, metrics, w.cfg, w.damage)
+            checkpoints.save(Path(tmp), w.parts, metrics, w.cfg, w.damage)
             w.phases.update(
                 {
                     "phase/eval_s": t1 - t0,
@@ -483,7 +405,7 @@ def evaluate_and_report(w: Worker, plan: EpochPlan, metrics: dict[str, Any]) -> 
                     "phase/checkpoint_bytes": sum(f.stat().st_size for f in Path(tmp).iterdir()),
                 }
             )
-            print(epoch_line(metrics, w.cfg.epochs), flush=True)
+            print(lines.epoch_line(metrics, w.cfg.epochs), flush=True)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if os.environ.get(PHASE_TIMES_ENV) == "1":
                 report = {**metrics, **w.phases, "phase/report_wall": time.time()}

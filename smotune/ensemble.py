@@ -29,14 +29,11 @@ import torch
 import yaml
 
 from smotune import tracking
+from smotune.checkpoints import CONFIG_FILE, MODEL_FILE
 from smotune.config import TrainConfig, is_remote, validate_train
 from smotune.data import objstore, zeroshot
 from smotune.errors import UserError
 
-# the engine's checkpoint files (engine.MODEL_FILE, engine.CONFIG_FILE; a test checks they
-# agree): importing the engine loads open_clip, which the checks before scoring do without
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "train.yaml"
 SCALE = 100.0  # the logit scale of smotune's, open_clip's and clip_benchmark's zero-shot
 
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from ray.tune.experimental.output import get_air_verbosity
 
-from smotune import console
+from smotune import console, lines
 
 
 def test_eta_is_the_ended_trials_rate_over_the_trials_left():
@@ -47,13 +47,28 @@ def test_an_asha_stop_names_the_rung_and_its_cutoff_when_known():
     )
 
 
-def test_a_train_epoch_is_one_line():
+def test_an_epoch_is_one_line_everywhere(capsys):
+    """The workers' log, smotune train's console and a sweep's console print the same line (a
+    sweep puts its objective first)."""
     metrics = {"epoch": 2, "zeroshot_top1": 0.25, "zeroshot_top5": 0.5, "train_loss": 3.14159}
     metrics["samples_per_s"] = 812.4
-    assert console.train_epoch_line(metrics, 4) == (
-        "epoch 2/4  zeroshot_top1 0.2500  zeroshot_top5 0.5000  train_loss 3.1416  "
+    line = "epoch 2/4  zeroshot_top1 0.2500  zeroshot_top5 0.5000  train_loss 3.1416"
+    assert lines.epoch_line(metrics, 4) == line + "  samples_per_s 812"
+    assert lines.epoch_line({**metrics, "data_skipped": 3}, 4).endswith("  data_skipped 3")
+    assert lines.epoch_line(metrics, 4, first="train_loss") == (
+        "epoch 2/4  train_loss 3.1416  zeroshot_top1 0.2500  zeroshot_top5 0.5000  "
         "samples_per_s 812"
     )
+    from types import SimpleNamespace
+
+    from smotune.config import SweepConfig
+
+    sweep = SweepConfig.model_validate(
+        {"name": "s", "train": {"data": {"train": "x.tar", "zeroshot": "zs"}, "epochs": 4}}
+    )
+    trial = SimpleNamespace(trial_id="a")
+    console.SweepConsole(sweep, total=1).on_trial_result(0, [trial], trial, metrics)
+    assert capsys.readouterr().out == f"[search] trial a {line}  samples_per_s 812\n"
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 
-from smotune import engine, optim, runtime
+from smotune import checkpoints, engine, optim, ranks, runtime
 from smotune import loss as loss_mod
 from smotune import model as model_mod
 from smotune.config import LossConfig, ModelConfig, TrainConfig
@@ -246,7 +246,7 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
     assert line.endswith(f"; {lost} of the 16 samples sizes.json lists lost"), line
 
     with tempfile.TemporaryDirectory() as tmp:  # a worker group restarted from that checkpoint
-        engine._save_checkpoint(Path(tmp), w.parts, first, w.cfg, w.damage)
+        checkpoints.save(Path(tmp), w.parts, first, w.cfg, w.damage)
         again = _one_worker(tmp_path)
         from ray.train import Checkpoint
 
@@ -261,7 +261,7 @@ def test_an_epoch_reports_its_steps_mean_loss_and_the_runs_skipped_samples(
 
 def _checkpoint(tmp: Path, w: engine.Worker, metrics) -> tuple[Path, int]:
     tmp.mkdir()
-    engine._save_checkpoint(tmp, w.parts, metrics, w.cfg)
+    checkpoints.save(tmp, w.parts, metrics, w.cfg)
     return tmp, sum(f.stat().st_size for f in tmp.iterdir())
 
 
@@ -288,9 +288,9 @@ def test_a_resumed_run_is_the_uninterrupted_run_and_only_its_last_checkpoint_is_
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
 
-    assert torch.load(mid / engine.STATE_FILE, weights_only=True)["optimizer"]["state"]
-    assert torch.load(last / engine.STATE_FILE, weights_only=True)["optimizer"] is None
-    model_bytes = (last / engine.MODEL_FILE).stat().st_size
+    assert torch.load(mid / checkpoints.STATE_FILE, weights_only=True)["optimizer"]["state"]
+    assert torch.load(last / checkpoints.STATE_FILE, weights_only=True)["optimizer"] is None
+    model_bytes = (last / checkpoints.MODEL_FILE).stat().st_size
     assert last_bytes < 1.1 * model_bytes and mid_bytes > 2.9 * model_bytes  # AdamW: 2 moments
     ended = _one_worker(tmp_path)
     assert engine.resume(ended, Checkpoint.from_directory(str(last))) == second
@@ -309,7 +309,7 @@ def _rank(rank: int, init: str, out) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    out.put((rank, engine._all_reduce([rank + 1.0, 8.0, 5.0 * rank], torch.device("cpu"), 2)))
+    out.put((rank, ranks.all_reduce([rank + 1.0, 8.0, 5.0 * rank], torch.device("cpu"), 2)))
     dist.destroy_process_group()
 
 

@@ -15,7 +15,7 @@ import yaml
 from ray import tune
 from ray.tune.experiment import Trial
 
-from smotune import cli, engine, ensemble, tracking
+from smotune import checkpoints, cli, ensemble, tracking
 from smotune import model as model_mod
 from smotune.config import ModelConfig, SweepConfig, TrainConfig, dump_train
 from smotune.data import synth, zeroshot
@@ -56,8 +56,8 @@ def _checkpoint(root: Path, cfg: TrainConfig, seed: int) -> tuple[Path, dict]:
     )
     path = root / f"checkpoint-{seed}"
     path.mkdir()
-    model_mod.save_checkpoint(model, path / engine.MODEL_FILE)
-    (path / engine.CONFIG_FILE).write_text(dump_train(cfg))
+    model_mod.save_checkpoint(model, path / checkpoints.MODEL_FILE)
+    (path / checkpoints.CONFIG_FILE).write_text(dump_train(cfg))
     return path, metrics
 
 
@@ -138,10 +138,6 @@ def _logged(uri: str, run_id: str) -> dict[str, float]:
     return mlflow.MlflowClient(uri).get_run(run_id).data.metrics
 
 
-def test_checkpoint_files_are_the_engines():
-    assert (ensemble.MODEL_FILE, ensemble.CONFIG_FILE) == (engine.MODEL_FILE, engine.CONFIG_FILE)
-
-
 def test_members_are_the_top_completed_search_trials_and_score_as_they_logged(store):
     result = ensemble.run_ensemble("ens", len(SEEDS), store["uri"])
     by_value = sorted(
@@ -166,7 +162,7 @@ def test_one_member_is_its_own_ensemble(store):
 def _open_clip_probs(ckpt: Path, evalset_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A checkpoint's class probabilities computed directly with open_clip."""
     model, _, preprocess = open_clip.create_model_and_transforms(
-        "tiny-vit", pretrained=str(ckpt / engine.MODEL_FILE)
+        "tiny-vit", pretrained=str(ckpt / checkpoints.MODEL_FILE)
     )
     model.eval()
     evalset = zeroshot.load(evalset_root, "test", preprocess)
@@ -251,13 +247,13 @@ def test_a_checkpoint_on_s3_is_read_as_the_engine_wrote_it(s3_env, tmp_path):
     model's weights come back as saved (the model streamed to a temporary file)."""
     s3_env.bucket("ens")
     model = model_mod.create(ModelConfig(arch="tiny-vit"), seed=0)
-    model_mod.save_checkpoint(model, tmp_path / engine.MODEL_FILE)
-    (tmp_path / engine.CONFIG_FILE).write_text("epochs: 1\n")
+    model_mod.save_checkpoint(model, tmp_path / checkpoints.MODEL_FILE)
+    (tmp_path / checkpoints.CONFIG_FILE).write_text("epochs: 1\n")
     url = {
         name: s3_env.upload(tmp_path / name, f"s3://ens/trial/{name}")
-        for name in (engine.MODEL_FILE, engine.CONFIG_FILE)
+        for name in (checkpoints.MODEL_FILE, checkpoints.CONFIG_FILE)
     }
-    assert ensemble._read(url[engine.CONFIG_FILE]) == b"epochs: 1\n"
-    loaded = ensemble._load_model("tiny-vit", url[engine.MODEL_FILE])
+    assert ensemble._read(url[checkpoints.CONFIG_FILE]) == b"epochs: 1\n"
+    loaded = ensemble._load_model("tiny-vit", url[checkpoints.MODEL_FILE])
     theirs = loaded.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())

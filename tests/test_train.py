@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from smotune import cli, engine, trial
+from smotune import checkpoints, cli, engine, trial
 from smotune import model as model_mod
 from smotune.config import TrainConfig
 from smotune.data import zeroshot
@@ -55,7 +55,7 @@ def _initial_top1(cfg: TrainConfig) -> float:
 
 def _checkpoint_config(checkpoint: str) -> TrainConfig:
     return TrainConfig.model_validate(
-        yaml.safe_load((Path(checkpoint) / engine.CONFIG_FILE).read_text())
+        yaml.safe_load((Path(checkpoint) / checkpoints.CONFIG_FILE).read_text())
     )
 
 
@@ -292,7 +292,7 @@ def test_two_workers_learn_and_survive_a_killed_worker(ray_cluster, synth_data, 
     # The checkpoint is an open_clip state dict that gives the same accuracy.
     checkpoint = final["checkpoint"]
     loaded = open_clip.create_model("tiny-vit", pretrained=f"{checkpoint}/model.pt")
-    state = torch.load(f"{checkpoint}/{engine.STATE_FILE}", weights_only=True)
+    state = torch.load(f"{checkpoint}/{checkpoints.STATE_FILE}", weights_only=True)
     assert state["epoch"] == 3 and state["step"] == 3 * steps
     evalset = zeroshot.load(
         str(synth_data / "zeroshot"), transform=model_mod.transforms(loaded, train=False)
