@@ -50,6 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from smotune.config import is_remote
+from smotune.data import evalcap
 from smotune.errors import UserError
 
 FIELD = "data.zeroshot"
@@ -350,90 +351,6 @@ def _load_folder(root: Path, folder: Path) -> tuple[list[str], list[str], list[t
     return classnames, templates, files
 
 
-def even_over_classes(labels: list[int | None], n: int) -> list[int]:
-    """The indices of ``n`` of ``labels`` spread evenly over the classes, in index order.
-
-    Each class gets ``n // C`` or one more (a class with fewer gets all it has, the
-    others share the rest; extra ones go to the lowest class ids), evenly spaced within
-    the class. ``None`` labels are never chosen; with ``n`` under ``C`` only the first
-    ``n`` classes get one.
-    """
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        if label is not None:
-            by_class.setdefault(label, []).append(i)
-    quota = dict.fromkeys(sorted(by_class), 0)
-    left = n
-    while left > 0:
-        open_classes = [c for c in quota if quota[c] < len(by_class[c])]
-        if not open_classes:
-            break
-        share = max(1, left // len(open_classes))
-        for c in open_classes:
-            take = min(share, len(by_class[c]) - quota[c], left)
-            quota[c] += take
-            left -= take
-            if left == 0:
-                break
-    chosen = [by_class[c][j * len(by_class[c]) // q] for c, q in quota.items() for j in range(q)]
-    return sorted(chosen)
-
-
-def _wds_labels(shards: list[Path]) -> list[int | None]:
-    """The ``cls`` of every raw sample of the shards, in the order webdataset reads them.
-
-    Members are grouped into samples by webdataset's own ``group_by_keys`` (metadata
-    members ``__*__`` left out, as its tar reader does); only ``.cls`` members are read,
-    the images are sought past.
-    """
-    import re
-    import tarfile
-
-    from webdataset.tariterators import group_by_keys
-
-    meta = re.compile(r"__[^/]*__($|/)")
-
-    def members():
-        for shard in shards:
-            try:
-                with tarfile.open(shard) as tar:
-                    for info in tar:
-                        if not info.isreg() or meta.match(info.name):
-                            continue
-                        data = b""
-                        if info.name.lower().endswith(".cls"):
-                            data = tar.extractfile(info).read()
-                        yield {"fname": info.name, "data": data, "__url__": str(shard)}
-            except (OSError, tarfile.TarError) as err:
-                raise _error(
-                    shard,
-                    f"cannot read its tar headers to cap eval.max_samples evenly over the "
-                    f"classes ({err})",
-                    "repair or replace the shard, or remove eval.max_samples",
-                ) from None
-            yield {}
-
-    labels: list[int | None] = []
-    for sample in group_by_keys(members()):
-        try:
-            labels.append(int(sample["cls"]))
-        except (KeyError, ValueError):
-            labels.append(None)
-    return labels
-
-
-def _warn_if_classes_left_out(root: Path, classes: int, kept: list[int | None]) -> None:
-    present = {label for label in kept if label is not None}
-    if len(present) < classes:
-        log.warning(
-            "%s: eval.max_samples keeps %d samples of %d classes (%d classes have none)",
-            root,
-            len(kept),
-            len(present),
-            classes - len(present),
-        )
-
-
 def load(
     root: str | Path,
     split: str = "test",
@@ -446,7 +363,7 @@ def load(
     pass of at most ``cache_bytes`` is kept in memory for the next ones; ``part`` is the
     ``(rank, world)`` share this process reads (the whole set by default).
 
-    The cap is spread evenly over the classes (:func:`even_over_classes`); for a
+    The cap is spread evenly over the classes (:func:`evalcap.even_over_classes`); for a
     webdataset set that reads every shard's tar headers and labels once, here.
     """
     if is_remote(str(root)):
@@ -463,9 +380,9 @@ def load(
         classnames, templates, shards = _load_wds(root, split_dir)
         keep = None
         if max_samples is not None:
-            labels = _wds_labels(shards)
-            keep = even_over_classes(labels, max_samples)
-            _warn_if_classes_left_out(root, len(classnames), [labels[i] for i in keep])
+            labels = evalcap.wds_labels(shards)
+            keep = evalcap.even_over_classes(labels, max_samples)
+            evalcap.warn_if_classes_left_out(root, len(classnames), [labels[i] for i in keep])
         return EvalSet(
             root,
             "wds",
@@ -482,8 +399,9 @@ def load(
     folder = split_dir if split_dir.is_dir() else root
     classnames, templates, files = _load_folder(root, folder)
     if max_samples is not None:
-        files = [files[i] for i in even_over_classes([label for _, label in files], max_samples)]
-        _warn_if_classes_left_out(root, len(classnames), [label for _, label in files])
+        kept = evalcap.even_over_classes([label for _, label in files], max_samples)
+        files = [files[i] for i in kept]
+        evalcap.warn_if_classes_left_out(root, len(classnames), [label for _, label in files])
     return EvalSet(
         root, "folder", classnames, templates, transform, max_samples, [], files, cache_bytes, part
     )
