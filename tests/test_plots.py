@@ -132,6 +132,33 @@ def test_importances_only_from_ten_completed_trials(tmp_path):
     assert "<h2>parameter importances</h2>" in page and "not drawn" not in page
 
 
+def test_a_redraw_computes_fanova_once_and_writes_the_same_bytes(tmp_path, monkeypatch):
+    """fANOVA (a random forest: most of a redraw's CPU) runs once per redraw, for the PNG and
+    optuna.html alike; the same data draws byte-identical files (so the drawer uploads only
+    what changed), and one more epoch changes the learning curves."""
+    calls = []
+    fanova = optuna.importance.FanovaImportanceEvaluator.evaluate
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return fanova(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.importance.FanovaImportanceEvaluator, "evaluate", counted)
+    first = plots.render(sweep(16), tmp_path / "a")
+    assert len(calls) == 1 and "param_importances.png" in first.files
+    assert "<h2>parameter importances</h2>" in (tmp_path / "a" / "optuna.html").read_text()
+    again = plots.render(sweep(16), tmp_path / "b")
+    assert len(calls) == 2 and again.files == first.files
+    for name in first.files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    longer = sweep(16)
+    longer.trials[0].curve.append((4, 0.9))
+    plots.render(longer, tmp_path / "c")
+    assert (tmp_path / "c" / "learning_curves.png").read_bytes() != (
+        tmp_path / "a" / "learning_curves.png"
+    ).read_bytes()
+
+
 def test_trial_numbers_agree_between_the_pngs_and_optuna():
     """Trial i in start order is Optuna's trial number i in optuna.html, also when trials
     before it cannot be in the study (running, killed, outside the space): those keep their

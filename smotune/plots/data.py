@@ -112,10 +112,12 @@ class SweepData:
 
 @dataclass
 class Rendered:
-    """What :func:`render` wrote (file names, in display order) and what it left out, and why."""
+    """What :func:`render` wrote (file names, in display order) and what it left out, and why;
+    which of the files a caller that stores them stored (those whose bytes changed)."""
 
     files: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    uploaded: list[str] = field(default_factory=list)
 
 
 def figure(width: float = 8.0, height: float = 4.8) -> Figure:

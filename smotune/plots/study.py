@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,42 @@ def _importances_say_something(st: optuna.Study) -> None:
 
 
 def importances(data: SweepData, st: optuna.Study) -> dict[str, float]:
-    """fANOVA's importances over the completed trials (:class:`Skip` if too few)."""
+    """fANOVA's importances over the completed trials (:class:`Skip` if too few), computed
+    once a study: the PNG and ``optuna.html`` share them."""
     _importances_say_something(st)
-    return optuna.importance.get_param_importances(st, evaluator=_evaluator())
+    return optuna.importance.get_param_importances(st, evaluator=evaluator(st))
 
 
-def _evaluator() -> optuna.importance.FanovaImportanceEvaluator:
-    """fANOVA, seeded: the same trials draw the same bars (Optuna 5's default is PED-ANOVA;
-    the axis says which one drew them)."""
-    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+class OnceFanova(optuna.importance.BaseImportanceEvaluator):
+    """fANOVA, seeded (the same trials draw the same bars; Optuna 5's default is PED-ANOVA,
+    the axis says which one drew them), evaluated once per study, params and target:
+    ``evaluations`` counts the real ones."""
+
+    def __init__(self) -> None:
+        self.fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        self.found: dict[Any, dict[str, float]] = {}
+        self.evaluations = 0
+
+    def evaluate(
+        self,
+        study: optuna.Study,
+        params: list[str] | None = None,
+        *,
+        target: Callable[[optuna.trial.FrozenTrial], float] | None = None,
+    ) -> dict[str, float]:
+        key = (tuple(params) if params is not None else None, target)
+        if key not in self.found:
+            self.evaluations += 1
+            self.found[key] = self.fanova.evaluate(study, params, target=target)
+        return dict(self.found[key])
+
+
+_EVALUATORS: weakref.WeakKeyDictionary[optuna.Study, OnceFanova] = weakref.WeakKeyDictionary()
+
+
+def evaluator(st: optuna.Study) -> OnceFanova:
+    """The study's one fANOVA evaluator (it lives as long as the study)."""
+    return _EVALUATORS.setdefault(st, OnceFanova())
 
 
 def param_importances(data: SweepData, st: optuna.Study, path: Path) -> None:
@@ -142,17 +170,18 @@ def optuna_html(data: SweepData, st: optuna.Study, path: Path) -> None:
 
     def importance_figure() -> Any:
         _importances_say_something(st)
-        return vis.plot_param_importances(st, evaluator=_evaluator())
+        return vis.plot_param_importances(st, evaluator=evaluator(st))
 
     figures.append(("parameter importances", importance_figure))
     parts, first = [], True
-    for title, make in figures:
+    for i, (title, make) in enumerate(figures):
         try:
             fig = make()
         except (ValueError, RuntimeError, Skip) as err:
             parts.append(f"<p>{html.escape(title)}: not drawn ({html.escape(str(err))})</p>")
             continue
-        body = fig.to_html(include_plotlyjs=first, full_html=False)
+        # a fixed div id (plotly draws a random one): the same study writes the same bytes
+        body = fig.to_html(include_plotlyjs=first, full_html=False, div_id=f"optuna-figure-{i}")
         parts.append(f"<h2>{html.escape(title)}</h2>\n{body}")
         first = False
     page = (

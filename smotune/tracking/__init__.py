@@ -105,7 +105,7 @@ from smotune.tracking.rungs import log_rungs
 from smotune.tracking.transfer import log_transfer
 from smotune.tracking.ui import where_to_look
 from smotune.tracking.verdict import log_verdict
-from smotune.tracking.writer import sync
+from smotune.tracking.writer import sync, wait_for_plots
 
 __all__ = [
     "BEST_ARTIFACT",
@@ -174,5 +174,6 @@ __all__ = [
     "sweep_time",
     "train_params",
     "transfer_mean",
+    "wait_for_plots",
     "where_to_look",
 ]

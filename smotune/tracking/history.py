@@ -14,8 +14,10 @@ end); :func:`read_sweep` finds the latest sweep of an experiment for
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -148,9 +150,13 @@ def sweep_data(client: mlflow.MlflowClient, parent: Any) -> plots.SweepData:
     )
 
 
-def upload_plots(client: mlflow.MlflowClient, parent_id: str) -> plots.Rendered | None:
+def upload_plots(
+    client: mlflow.MlflowClient, parent_id: str, uploaded: dict[str, str] | None = None
+) -> plots.Rendered | None:
     """Draw the sweep's plots from what MLflow holds and log them under the parent's ``plots/``.
 
+    ``uploaded`` (a file's name -> the sha256 of its bytes as last uploaded; updated
+    here): a file drawn with the same bytes again is not uploaded again.
     A store that cannot be read or written raises (the journal retries it, like
     any write); anything else going wrong is a logged warning and None: plots
     never stop a sweep.
@@ -162,10 +168,15 @@ def upload_plots(client: mlflow.MlflowClient, parent_id: str) -> plots.Rendered 
     except Exception as err:  # noqa: BLE001 - a plot is never worth stopping the writer
         log.warning("plots of run %s not drawn: %s: %s", parent_id, type(err).__name__, err)
         return None
+    uploaded = {} if uploaded is None else uploaded
     with tempfile.TemporaryDirectory(prefix="smotune-plots-") as tmp:
         rendered = plots.render(data, tmp)
-        if rendered.files:
-            client.log_artifacts(parent_id, tmp, PLOTS_DIR)
+        for name in rendered.files:
+            digest = hashlib.sha256((Path(tmp) / name).read_bytes()).hexdigest()
+            if uploaded.get(name) != digest:
+                client.log_artifact(parent_id, str(Path(tmp) / name), PLOTS_DIR)
+                uploaded[name] = digest
+                rendered.uploaded.append(name)
     return rendered
 
 

@@ -13,7 +13,11 @@ each, by ``t``:
 - ``run``: a local ``key`` resolved to an MLflow ``run_id`` (a resume or
   ``smotune sync`` re-attaches instead of creating a duplicate);
 - ``done``: every op up to ``n`` is applied (or refused); ``refused``: the
-  store rejected op ``n`` for good (``error``).
+  store rejected op ``n`` for good (``error``);
+- ``drawn``: the ``plots`` op ``n`` is drawn and uploaded. The writer hands a
+  ``plots`` op to the drawer (:mod:`smotune.tracking.drawer`) and goes on, so
+  ``done`` passes it before it is drawn; a journal opened again draws once more
+  each parent's last ``plots`` op that is done but not drawn.
 
 A journal is locked (``flock``) by the one process that writes it; the lock
 dies with that process, so ``smotune sync`` can finish what a killed sweep left.
@@ -94,6 +98,7 @@ class Snapshot:
     parent_key: str | None = None  # the key of the latest parent run started
     done: int = 0
     refused: list[str] = field(default_factory=list)
+    drawn: int = 0  # the highest ``plots`` op drawn and uploaded
 
     def add(self, rec: dict[str, Any]) -> None:
         kind = rec.get("t")
@@ -111,10 +116,19 @@ class Snapshot:
             self.done = max(self.done, rec["n"])
         elif kind == "refused":
             self.refused.append(rec["error"])
+        elif kind == "drawn":
+            self.drawn = max(self.drawn, rec["n"])
 
     @property
     def unwritten(self) -> list[dict[str, Any]]:
         return [op for op in self.ops if op["n"] > self.done]
+
+    @property
+    def undrawn(self) -> list[dict[str, Any]]:
+        """Each parent's last ``plots`` op, when it was handed to the drawer (done) but a
+        process ended before it was drawn."""
+        last = {op["parent"]: op for op in self.ops if op["op"] == "plots"}
+        return [op for op in last.values() if self.drawn < op["n"] <= self.done]
 
     def key_for(self, ref: str | None) -> str | None:
         """The run key ``ref`` names: ``ref`` if it is a key, else the key of run id ``ref``."""
@@ -183,6 +197,9 @@ class Journal:
         self.gave_up_at: float | None = None  # a drain timed out then (and nothing got written)
         self.last_success = 0.0
         self.writer: Any = None  # the thread that applies it (smotune.tracking.writer)
+        self.drawer: Any = None  # the thread that draws its plots ops (smotune.tracking.drawer)
+        self.to_draw: dict[str, dict[str, Any]] = {}  # parent key -> its newest plots op waiting
+        self.drawing: dict[str, Any] | None = None  # the plots op being drawn now
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the journal
         try:
@@ -201,6 +218,8 @@ class Journal:
         for op in self.state.unwritten:
             op["_delayed"] = True  # left unwritten by an earlier process
             self.pending.append(op)
+        for op in self.state.undrawn:
+            self.to_draw[op["parent"]] = op
         self.uri = uri or self.state.uri
         if self.uri is None:
             self._file.close()
@@ -218,7 +237,14 @@ class Journal:
         with self.cond:
             s = self.state
             return Snapshot(
-                s.uri, list(s.ops), dict(s.runs), set(s.keys), s.parent_key, s.done, list(s.refused)
+                s.uri,
+                list(s.ops),
+                dict(s.runs),
+                set(s.keys),
+                s.parent_key,
+                s.done,
+                list(s.refused),
+                s.drawn,
             )
 
     # -- the callback's side
@@ -279,6 +305,36 @@ class Journal:
             self.last_success = time.monotonic()
             self.cond.notify_all()
 
+    def hand_to_drawer(self, op: dict[str, Any]) -> None:
+        """The writer's part of a ``plots`` op: queue it for the drawer (replacing an older
+        one of the same parent that waits) and go on to the next write."""
+        with self.cond:
+            self.to_draw[op["parent"]] = op
+        self.done(op)
+
+    # -- the drawer's side
+
+    def next_drawing(self, stop: threading.Event) -> dict[str, Any] | None:
+        """The next plots op to draw (the newest of its parent); None once ``stop`` is set."""
+        with self.cond:
+            while not self.to_draw and not stop.is_set():
+                self.cond.wait(1.0)
+            if stop.is_set():
+                return None
+            self.drawing = self.to_draw.pop(next(iter(self.to_draw)))
+            return self.drawing
+
+    def drew(self, op: dict[str, Any], ok: bool) -> None:
+        """The drawer is done with ``op``: recorded ``drawn`` if it was, else queued again
+        (unless a newer one of its parent waits)."""
+        with self.cond:
+            if ok:
+                self._write({"t": "drawn", "n": op["n"]})
+            else:
+                self.to_draw.setdefault(op["parent"], op)
+            self.drawing = None
+            self.cond.notify_all()
+
     def failed(self) -> None:
         """A write attempt failed: everything waiting now counts as delayed."""
         with self.cond:
@@ -300,6 +356,12 @@ class Journal:
             ok = self.cond.wait_for(lambda: not self.pending, timeout)
             self.gave_up_at = None if ok else time.monotonic()
             return ok
+
+    def drawn_all(self, timeout: float) -> bool:
+        """Wait until the drawer has drawn every plots op handed to it, at most ``timeout`` s
+        (what is not drawn then is drawn again when the journal is next opened)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.to_draw and self.drawing is None, timeout)
 
     def status_line(self) -> str:
         """The sweep's last word on tracking: what was delayed and whether it is written now."""

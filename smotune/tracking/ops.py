@@ -26,9 +26,10 @@ Operations (JSON fields besides ``t``, ``n``, ``op``):
   :mod:`smotune.tracking.transfer`);
 - ``rungs``: ``parent``, ``time``; the rung check computed from what MLflow holds,
   logged on the parent (see :mod:`smotune.tracking.rungs`);
-- ``plots``: ``parent``; draws the sweep's plots from what MLflow holds and logs
-  them under the parent's ``plots/`` (skipped when a later ``plots`` op of the
-  same parent waits: only the newest is drawn; see :mod:`smotune.tracking.history`).
+- ``plots``: ``parent``; not applied here: the writer hands it to the drawer
+  (:mod:`smotune.tracking.drawer`), which draws the sweep's plots from what MLflow
+  holds and logs the changed ones under the parent's ``plots/`` (only the newest of
+  several waiting; see :mod:`smotune.tracking.history`).
 """
 
 from __future__ import annotations
@@ -273,12 +274,6 @@ class Store:
         )
         client.log_text(parent_id, artifact_text(client, best_id, TRAIN_ARTIFACT), BEST_ARTIFACT)
         client.set_tag(best_id, TAG_BEST, "true")
-
-    def _plots(self, op: dict[str, Any]) -> None:
-        from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
-
-        if not self.journal.superseded(op):
-            upload_plots(self.client, self.run_id(op["parent"]))
 
     def _verdict(self, op: dict[str, Any]) -> None:
         from smotune.tracking.verdict import write_verdict

@@ -1,5 +1,8 @@
 """The background writer: one thread per journal applies its operations to MLflow, in order.
 
+``plots`` operations go to the journal's drawer (:mod:`smotune.tracking.drawer`), a
+thread of its own: a redraw's seconds of CPU hold up no write.
+
 A failed write is retried with backoff (0.5 s doubling to 5 s) for as long as
 the process lives; what is still unwritten when it ends stays in the journal
 for ``smotune sync``. The writer caps MLflow's own HTTP retries and timeout
@@ -20,6 +23,7 @@ from pathlib import Path
 from smotune.errors import UserError
 from smotune.tracking import journal as journals
 from smotune.tracking.check import redact, short_reason
+from smotune.tracking.drawer import Drawer
 from smotune.tracking.journal import JOURNAL_FILE, Journal, read_records
 from smotune.tracking.ops import Store, Unresolved, permanent
 
@@ -47,6 +51,9 @@ class Writer(threading.Thread):
         store: Store | None = None
         delay, attempts = BACKOFF[0], 0
         while (op := self.journal.head(self.stop)) is not None:
+            if op["op"] == "plots":  # drawn on the drawer's thread: no write waits for a drawing
+                self.journal.hand_to_drawer(op)
+                continue
             try:
                 store = store or Store(self.journal)
                 store.apply(op)
@@ -96,6 +103,7 @@ def open_journal(path: Path, uri: str | None = None, fresh: bool = False) -> Jou
             os.environ.setdefault(key, value)
         journal = Journal(path, uri)
         Writer(journal).start()
+        Drawer(journal).start()
         journals._live[path] = journal
         return journal
 
@@ -124,9 +132,23 @@ def close_journal(journal: Journal) -> None:
     with journals._live_lock:
         if journals._live.get(journal.path) is journal:
             journals._live.pop(journal.path)
-    journal.writer.stop.set()
-    journal.writer.join(timeout=30)
+    for thread in (journal.writer, journal.drawer):
+        thread.stop.set()
+    for thread in (journal.writer, journal.drawer):
+        thread.join(timeout=30)
     journal.close()
+
+
+def wait_for_plots() -> str | None:
+    """At a sweep's end: wait for each live journal's drawer to draw what it was handed (at
+    most ``SMOTUNE_TRACKING_DRAIN_S``); a line saying so when it did not finish."""
+    for journal in journals.live_journals():
+        if not journal.drawn_all(journals.drain_timeout()):
+            return (
+                "tracking: the parent's plots are not all drawn yet; `smotune report` draws them "
+                "from MLflow (and the next `smotune sync` or --resume of the sweep uploads them)"
+            )
+    return None
 
 
 def sync(path: str | Path, tracking_uri: str | None = None, timeout: float = 60.0) -> bool:
@@ -149,6 +171,8 @@ def sync(path: str | Path, tracking_uri: str | None = None, timeout: float = 60.
     journal = live or open_journal(target, tracking_uri)
     try:
         written = journal.drain(timeout)
+        if written:
+            journal.drawn_all(timeout)
         print(journal.status_line(), flush=True)
     finally:
         if live is None:
