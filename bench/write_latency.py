@@ -203,7 +203,8 @@ def main() -> None:
         f"redraw asked for and {args.epochs} epoch results of one more trial logged behind it; "
         "each write's wait from the callback's hook to the writer marking it done.",
         "",
-        "| code | writes | median wait (s) | longest wait (s) | all written (s) | redraw uploaded (s) |",
+        "| code | writes | median wait (s) | longest wait (s) | all written (s) "
+        "| redraw uploaded (s) |",
         "|---|---|---|---|---|---|",
     ]
     for label, r in (
