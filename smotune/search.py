@@ -98,6 +98,25 @@ def existing_trials(storage: optuna.storages.BaseStorage, study: str) -> list[An
         return []
 
 
+def ended_trials(
+    storage: optuna.storages.BaseStorage, study: str, metric: str
+) -> dict[str, dict[str, Any]]:
+    """Tune trial id -> its last result as the study holds it (``epoch``, ``metric``), for
+    every trial the study holds as ended (COMPLETE, PRUNED, FAIL): what a resume must not
+    run again (``tune_state.end_trials``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in existing_trials(storage, study):
+        tune_id = t.user_attrs.get(ATTR_TUNE_TRIAL)
+        if tune_id is None or not t.state.is_finished():
+            continue
+        last: dict[str, Any] = {}
+        if t.intermediate_values:
+            epoch = max(t.intermediate_values)
+            last = {TIME_ATTR: int(epoch), metric: t.intermediate_values[epoch]}
+        out[tune_id] = last
+    return out
+
+
 def _direction(mode: str) -> optuna.study.StudyDirection:
     return optuna.study.StudyDirection["MAXIMIZE" if mode == "max" else "MINIMIZE"]
 
@@ -187,9 +206,22 @@ class TruthfulOptunaSearch(tune_state.KeepsTuneState, OptunaSearch):
     def __init__(self, *args: Any, epochs: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.epochs = epochs
+        self.max_concurrent = 0  # no limit until Tune sets one
         self._last_step: dict[str, int] = {}
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's ``ConcurrencyLimiter`` leaves the limit to this searcher (``True``): its live
+        trials are the suggested ones not yet told, which a resume settles from the study. The
+        limiter's own count, restored from Tune's last save, would hold a trial that ended
+        after that save live for ever, and nothing more would be suggested."""
+        self.max_concurrent = max_concurrent
+        return True
+
     def suggest(self, trial_id: str) -> dict | None:
+        live = [t for t in self._ot_trials if t not in self._completed_trials]
+        if self.max_concurrent and trial_id not in self._ot_trials:
+            if len(live) >= self.max_concurrent:
+                return None  # Tune asks again once a trial has ended
         config = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(ATTR_TUNE_TRIAL, trial_id)
         self._keep_sampler()

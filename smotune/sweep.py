@@ -213,6 +213,15 @@ def run_sweep(
     started = time.monotonic()
     path = _check_start(sweep, where, resume)
     study_url, study_storage = search.prepare_study(sweep, resume, where)
+    if resume:  # a trial that ended after Tune's last save is not run again
+        ended = search.ended_trials(study_storage, sweep.name, sweep.search.metric)
+        marked = tune_state.end_trials(tuners.experiment_path(sweep), ended)
+        if marked:
+            print(
+                f"resume: {len(marked)} trial{'s' if len(marked) != 1 else ''} ended after Tune's "
+                f"last save ({', '.join(marked)}): the study holds how, not run again",
+                flush=True,
+            )
     log, under_storage = console.log_file(sweep.storage.path, sweep.name)
     with console.ray_logs_to(log, verbose):
         resources = ray_cluster.connect(trial_drivers=sweep.search.concurrent, verbose=verbose)

@@ -109,6 +109,46 @@ def repair(experiment_uri: str, where: str) -> str | None:
     )
 
 
+def end_trials(experiment_uri: str, ended: dict[str, dict[str, Any]]) -> list[str]:
+    """Mark TERMINATED, in the newest experiment state, the trials that ended after it was saved.
+
+    Tune saves its trials every few seconds (``TUNE_GLOBAL_CHECKPOINT_S``) while the
+    study learns how a trial ended at once; a driver killed in that gap leaves a trial
+    PENDING or RUNNING in Tune's state that the study holds as ended, and
+    ``Tuner.restore`` would run it again (a pruned one to be stopped at its first
+    result, a completed one trained again from its checkpoint). ``ended`` maps each such
+    Tune trial id to its last result (``epoch`` and the objective): the trial's last
+    result becomes that, marked ``done``, as if Tune had saved after it ended. Returns the
+    ids marked, in the state's order.
+    """
+    store, root = pafs.FileSystem.from_uri(experiment_uri)
+    try:
+        infos = store.get_file_info(pafs.FileSelector(root))
+    except (FileNotFoundError, OSError):
+        return []
+    newest = _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
+    data = _read(store, f"{root}/{newest}") if newest else None
+    if not _whole(data):
+        return []
+    state = json.loads(data)
+    marked = []
+    for pair in state["trial_data"]:
+        trial, meta = json.loads(pair[0]), json.loads(pair[1])
+        last = ended.get(trial["trial_id"])
+        if last is None or trial["status"] in ("TERMINATED", "ERROR"):
+            continue
+        trial["status"] = "TERMINATED"
+        meta["last_result"] = {**(meta.get("last_result") or {}), **last, "done": True}
+        pair[0], pair[1] = json.dumps(trial, indent=2), json.dumps(meta)
+        marked.append(trial["trial_id"])
+    if marked:
+        tmp = f"{root}/.tmp-{newest}"
+        with store.open_output_stream(tmp) as f:
+            f.write(json.dumps(state).encode())
+        store.move(tmp, f"{root}/{newest}")
+    return marked
+
+
 def trial_ids(dirpath: str) -> set[str]:
     """The ids of the trials in the newest experiment state in local folder ``dirpath``.
 

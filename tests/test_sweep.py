@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -343,6 +344,17 @@ def _training_on(log: Path) -> bool:
     return False
 
 
+def _started_after_end(log: Path) -> bool:
+    """The driver's console said: a trial ended, then a good-lr trial started (its worker
+    group is starting: no epoch yet)."""
+    lines = log.read_text().splitlines()
+    ends = [i for i, ln in enumerate(lines) if re.search(r" (completed|stopped by ASHA) ", ln)]
+    return any(
+        " started  " in ln and f"optim.lr={GOOD_LR:g}" in ln
+        for ln in (lines[ends[0] + 1 :] if ends else [])
+    )
+
+
 def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not until():
@@ -351,20 +363,38 @@ def _wait(proc, log: Path, until, what: str, timeout: float = 600) -> None:
         time.sleep(1)
 
 
+def _tune_trials(experiment: Path) -> dict[str, tuple[str, dict]]:
+    """Tune's saved view of an experiment's trials: id -> (status, last result), from the
+    newest experiment state (what ``Tuner.restore`` reads)."""
+    newest = max(experiment.glob("experiment_state-*.json"))
+    state = json.loads(newest.read_text())
+    return {
+        json.loads(t)["trial_id"]: (json.loads(t)["status"], json.loads(m)["last_result"])
+        for t, m in state["trial_data"]
+    }
+
+
 def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_data, tmp_path):
-    """One sweep, three drivers: SIGKILLed mid-sweep, resumed and Ctrl-C'd (exit 130, best.yaml
-    marked partial, nothing left RUNNING), resumed again to the end with nothing trained twice."""
+    """One sweep, four drivers: SIGKILLed twice in the gap between what the study and MLflow
+    hold and Tune's last save (a trial's epoch logged after it; a trial ended after it),
+    resumed and Ctrl-C'd as a trial's worker group starts (exit 130, best.yaml marked
+    partial, nothing left RUNNING, no placement group left on the cluster), resumed again to
+    the end: no epoch logged twice, no ended trial run again, nothing trained twice."""
     samples = 4
     order = [GOOD_LR, GOOD_LR, BAD_LR, GOOD_LR]  # the third is stopped at its first epoch
     seed = next(s for s in range(200) if _drawn_lrs(s, samples) == order)
     path = _sweep_file(tmp_path, synth_data, "resume", samples, seed)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = tmp_path / "runs" / "resume"
     env = {
         **os.environ,
         "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-        "TUNE_GLOBAL_CHECKPOINT_S": "1",  # Tune saves its experiment state every second
+        # Tune saves its experiment state when a driver starts and when it stops gracefully,
+        # not in between: each SIGKILL below lands in the gap after Tune's last save
+        "TUNE_GLOBAL_CHECKPOINT_S": "3600",
     }
     smotune = [sys.executable, "-m", "smotune", "sweep", str(path)]
+    study_url = f"sqlite:///{experiment}/optuna.db"
 
     def start(log: Path, *extra: str) -> subprocess.Popen:
         out = log.open("w")
@@ -372,24 +402,53 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
             [*smotune, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
-    # Each driver is stopped on its own console lines (at once; MLflow's may lag) while a
-    # good-lr trial started after another trial's end is training its second epoch: never
-    # while a worker group starts (a Ctrl-C then can leave Ray Train's placement group
-    # behind, holding a CPU of the shared cluster), nor after the sweep's last trial.
+    def first_trial() -> optuna.trial.FrozenTrial:
+        return optuna.load_study(study_name="resume", storage=study_url).get_trials()[0]
+
+    # Each driver is stopped on its own console lines (at once; MLflow's may lag).
     first_log = tmp_path / "first.log"
     first = start(first_log)
-    _wait(first, first_log, lambda: _training_on(first_log), "the sweep's second trial")
-    # one more save of Tune's experiment state; on a fast machine the trial may end meanwhile
-    # and the kill land after the next trial's suggestion (CI, 2026-12-01): both must resume
-    time.sleep(2.5)
+    _wait(first, first_log, lambda: " epoch 1/2 " in first_log.read_text(), "the first epoch")
     first.send_signal(signal.SIGKILL)
     first.wait()
+    one = first_trial().user_attrs["tune_trial_id"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+
+    def history(trial_id: str) -> list[int]:
+        (kid,) = [k for k in _children(uri, "resume") if k.data.tags["trial_id"] == trial_id]
+        return [m.step for m in client.get_metric_history(kid.info.run_id, "zeroshot_top1")]
+
+    # the gap: MLflow (via the journal, synced here) holds epoch 1, Tune's state does not
+    assert cli.main(["sync", str(experiment)]) == 0
+    assert history(one) == [1]
+    assert _tune_trials(experiment)[one][1].get("epoch") is None
 
     second_log = tmp_path / "second.log"
-    second = start(second_log, "--resume")
-    _wait(second, second_log, lambda: _training_on(second_log), "the resumed sweep's last trial")
-    second.send_signal(signal.SIGINT)
-    assert second.wait(timeout=300) == 130, second_log.read_text()[-3000:]
+    second = start(second_log, "--resume")  # the first trial resumes from its epoch-1 checkpoint
+    _wait(second, second_log, lambda: _training_on(second_log), "the second trial")
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    # the gap: the study holds the first trial COMPLETE, Tune's state still PENDING
+    assert first_trial().state == optuna.trial.TrialState.COMPLETE
+    assert _tune_trials(experiment)[one][0] in ("PENDING", "RUNNING")
+
+    # Ctrl-C at the worst moment: as a trial's worker group starts (its start line, no epoch)
+    third_log = tmp_path / "third.log"
+    third = start(third_log, "--resume")
+    _wait(third, third_log, lambda: _started_after_end(third_log), "the resumed sweep's last trial")
+    third.send_signal(signal.SIGINT)
+    assert third.wait(timeout=300) == 130, third_log.read_text()[-3000:]
+    left: list = []
+    for _ in range(20):  # the sweep removed what its job held; Ray's own removal is async
+        table = ray_cluster.util.placement_group_table().values()
+        left = [g for g in table if g["state"] != "REMOVED"]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, left
+    said = third_log.read_text()
+    assert f"resume: 1 trial ended after Tune's last save ({one}): " in said, said[-3000:]
+    assert not [ln for ln in said.splitlines() if one in ln and " started " in ln], said[-3000:]
     best = (tmp_path / "best.yaml").read_text()
     assert best.startswith("# from a partial sweep (interrupted)"), best[:300]
     assert "--resume" in best.splitlines()[0]
@@ -399,26 +458,34 @@ def test_killed_then_interrupted_sweep_resumes_to_the_end(ray_cluster, synth_dat
         [*smotune, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # the configs an uninterrupted sweep draws, each run once: the second trial, suggested
+    # after Tune's last save before the second kill, is told FAIL (its run ends killed, at
+    # the epoch it reached) and its config run again as the next trial
+    study = optuna.load_study(study_name="resume", storage=study_url)
+    ran = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.FAIL]
+    lost = {t.user_attrs["tune_trial_id"] for t in study.get_trials()} - {
+        t.user_attrs["tune_trial_id"] for t in ran
+    }
+    assert [t.params for t in ran] == _drawn(seed, samples)
     kids = _children(uri, "resume")
-    assert len(kids) == samples
-    assert len({k.data.tags["trial_id"] for k in kids}) == samples
-    assert {k.data.tags["status"] for k in kids} <= {"completed", "early_stopped"}
-    assert all(k.info.status == "FINISHED" for k in kids)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    for k in kids:  # nothing was trained twice: one value per epoch
-        steps = [m.step for m in client.get_metric_history(k.info.run_id, "zeroshot_top1")]
-        assert steps == sorted(set(steps))
+    assert len({k.data.tags["trial_id"] for k in kids}) == len(kids) == samples + len(lost)
+    assert {t.user_attrs["tune_trial_id"] for t in ran} | lost == {
+        k.data.tags["trial_id"] for k in kids
+    }
+    for k in kids:  # no epoch logged twice, none missing: one value per epoch
+        killed = k.data.tags["trial_id"] in lost
+        assert (k.data.tags["status"], k.info.status) == (
+            ("killed", "KILLED") if killed else (k.data.tags["status"], "FINISHED")
+        )
+        assert killed or k.data.tags["status"] in ("completed", "early_stopped")
+        epochs = 2 if k.data.tags["status"] == "completed" else 1
+        for key in ("zeroshot_top1", "epoch", "train_loss"):
+            steps = [m.step for m in client.get_metric_history(k.info.run_id, key)]
+            assert steps == list(range(1, epochs + 1)), (k.data.tags["trial_id"], key, steps)
+    assert history(one) == [1, 2]
     parents = {k.data.tags["mlflow.parentRunId"] for k in kids}
     assert len(parents) == 1
     assert not (tmp_path / "best.yaml").read_text().startswith("# from a partial sweep")
-    # the configs an uninterrupted sweep draws, each run once (a trial suggested after Tune's
-    # last save before a kill is told FAIL and its config run again, as the next trial)
-    study = optuna.load_study(
-        study_name="resume", storage=f"sqlite:///{tmp_path}/runs/resume/optuna.db"
-    )
-    ran = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.FAIL]
-    assert [t.params for t in ran] == _drawn(seed, samples)
-    assert {t.user_attrs["tune_trial_id"] for t in ran} == {k.data.tags["trial_id"] for k in kids}
 
     # a fresh run of a finished sweep is refused, and so is a --resume of an edited sweep file
     assert subprocess.run([*smotune], cwd=tmp_path, env=env, capture_output=True).returncode == 2

@@ -180,9 +180,17 @@ class MlflowSweepCallback(Callback):
         if self._parent_id is not None and self._parent_id != self._parent_key:
             journal.hint(self._parent_key, self._parent_id)
         self._journal = journal
+        snap = journal.snapshot()
         for trial_id, rec in self._trials.items():
             if rec.get("run_id"):
                 journal.hint(self._trial_key(trial_id), rec["run_id"])
+            # Tune's saved state may predate what the journal holds (a killed driver): the
+            # journal's epochs and ending win, so nothing is logged twice or ended again
+            epoch, ended = snap.logged(self._trial_key(trial_id))
+            rec["last_epoch"] = max(rec.get("last_epoch", 0), epoch)
+            if ended is not None and rec.get("open"):
+                status = ended.get(TAG_STATUS, COMPLETED)
+                rec.update(status=status, reason=ended.get(TAG_REASON, ""), open=False)
         journal.append(
             "start_parent",
             run=self._parent_key,
@@ -239,11 +247,12 @@ class MlflowSweepCallback(Callback):
             params=train_params(cfg),
             train_yaml=dump_train(cfg),
         )
+        logged, _ = journal.snapshot().logged(self._trial_key(trial.trial_id))
         rec = {
             "run_id": old.get("run_id"),
             "params": dict(trial.config),
             "epochs": cfg.epochs,
-            "last_epoch": old.get("last_epoch", 0),
+            "last_epoch": max(old.get("last_epoch", 0), logged),
             "metrics": old.get("metrics", {}),
             "checkpoint": old.get("checkpoint", ""),
             "status": RUNNING,

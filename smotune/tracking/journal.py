@@ -130,6 +130,22 @@ class Snapshot:
         last = {op["parent"]: op for op in self.ops if op["op"] == "plots"}
         return [op for op in last.values() if self.drawn < op["n"] <= self.done]
 
+    def logged(self, key: str) -> tuple[int, dict[str, str] | None]:
+        """Run ``key``'s highest epoch journalled, and the tags of its last ``end_run`` op
+        (None if the journal never ended it): what the run holds whether or not Tune's
+        saved state, older by up to its save period, knows it."""
+        epoch, ended = 0, None
+        for op in self.ops:
+            if op.get("run") != key:
+                continue
+            if op["op"] == "log" and "epoch" in op["metrics"]:
+                epoch = max(epoch, int(op["step"]))
+            elif op["op"] == "end_run":
+                ended = op["tags"]
+            elif op["op"] == "start_trial":
+                ended = None
+        return epoch, ended
+
     def key_for(self, ref: str | None) -> str | None:
         """The run key ``ref`` names: ``ref`` if it is a key, else the key of run id ``ref``."""
         if ref is None or ref in self.keys:
