@@ -3,7 +3,9 @@
 ``connect`` joins the cluster at RAY_ADDRESS or starts a local one
 (``start_local_ray``) declaring ``trial_driver`` slots, the custom resource
 each trial's driver asks for instead of a CPU (see ``trial.TRIAL_RESOURCES``);
-``check_fits`` refuses a run whose workers the cluster can never hold.
+``check_fits`` refuses a run whose workers the cluster can never hold;
+``release`` removes the placement groups no one else will (a stopped sweep's,
+and any a finished job left behind).
 Nothing here knows of Tune trials, MLflow or the engine.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from smotune.config import TrainConfig
@@ -100,3 +103,93 @@ def check_fits(cfg: TrainConfig, resources: dict[str, float]) -> None:
             f"fit the cluster ({resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU)",
             "lower workers.num, workers.cpus or workers.gpus, or add nodes",
         )
+
+
+RELEASE_WAIT_S = 10.0  # how long ``release`` waits for this job's actors to die
+
+
+def _placement_groups() -> list[Any]:
+    """The GCS's placement-group table rows (Ray 2.60's ``PlacementGroupTableData``: id,
+    state, creator job and actor, detached, bundles): the public table leaves the creator out."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    return [
+        gcs_pb2.PlacementGroupTableData.FromString(r) for r in accessor.get_placement_group_table()
+    ]
+
+
+def left_behind(own_job: str | None = None) -> list[Any]:
+    """The placement groups that nothing will remove: not removed, not detached, and either
+    created by ``own_job`` (this driver's job, hex, at its end: it needs none any more) or
+    created for a job that has finished by an actor that is dead. Ray removes a group when
+    its job and its creating actor have both ended (``IsPlacementGroupLifetimeDone`` in the
+    GCS), but only if the group existed when the job ended: a group Ray Train's controller
+    asked for in the last instant of a stopped job (a Ctrl-C while a trial's worker group
+    starts) stays, holding its CPUs and GPUs, until someone removes it."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    removed = gcs_pb2.PlacementGroupTableData.REMOVED
+    dead_jobs = {j["JobID"] for j in state.job_table() if j["IsDead"]}
+    live_actors = {a for a, row in state.actor_table(None).items() if row["State"] != "DEAD"}
+    out = []
+    for pg in _placement_groups():
+        if pg.state == removed or pg.is_detached:
+            continue
+        job, actor = pg.creator_job_id.hex(), pg.creator_actor_id.hex()
+        if job == own_job or (job in dead_jobs and actor not in live_actors):
+            out.append(pg)
+    return out
+
+
+def _own_actors_alive(job: str) -> int:
+    from ray._private.state import state
+
+    return sum(
+        1
+        for row in state.actor_table(None).values()
+        if row["JobID"] == job and row["State"] != "DEAD" and not row["IsDetached"]
+    )
+
+
+def release(at_exit: bool = False) -> str | None:
+    """Remove the placement groups :func:`left_behind` names; the line saying so, if any.
+
+    ``at_exit`` (a sweep's end, normal or stopped): this driver's own job's groups too,
+    after its actors have died (at most :data:`RELEASE_WAIT_S`), so no trial's controller
+    can ask for one after the last look. Removing a group ends the actors placed in it.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    own = ray.get_runtime_context().get_job_id() if at_exit else None
+    deadline = time.monotonic() + (RELEASE_WAIT_S if at_exit else 0.0)
+    found: dict[bytes, Any] = {}
+    while True:
+        for pg in left_behind(own):
+            if pg.placement_group_id not in found:
+                found[pg.placement_group_id] = pg
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+        if own is None or not _own_actors_alive(own) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if own is not None:  # one more look: a group asked for while the last actor died
+        for pg in left_behind(own):
+            if pg.placement_group_id not in found:
+                found[pg.placement_group_id] = pg
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+    if not found:
+        return None
+    held: dict[str, float] = {}
+    for pg in found.values():
+        for bundle in pg.bundles:
+            for name, amount in bundle.unit_resources.items():
+                held[name] = held.get(name, 0.0) + amount
+    what = ", ".join(f"{v:g} {k}" for k, v in sorted(held.items()) if k in ("CPU", "GPU"))
+    ids = ", ".join(pg.placement_group_id.hex()[:8] for pg in found.values())
+    return (
+        f"ray: removed {len(found)} placement group{'s' if len(found) != 1 else ''} left behind "
+        f"by stopped runs ({what or 'no CPU or GPU'}; {ids})"
+    )

@@ -23,10 +23,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,7 +233,35 @@ def run_sweep(
         ray_cluster.check_fits(sweep.train, resources)
         if sweep.search.transfer is not None:  # its overrides may ask for more workers
             ray_cluster.check_fits(transfer_run.high_sweep(sweep).train, resources)
-        return _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_storage)
+        _say(ray_cluster.release())  # what a finished job left on a shared cluster
+        try:  # after ray.init, whose own SIGTERM handler (it prints a stack and exits) it replaces
+            with _sigterm_is_ctrl_c():
+                return _run(
+                    sweep, sweep_file, resume, verbose, started, path, study_url, study_storage
+                )
+        finally:  # normal end, Ctrl-C, `ray job stop`: nothing of this job stays on the cluster
+            _say(ray_cluster.release(at_exit=True))
+
+
+def _say(line: str | None) -> None:
+    if line is not None:
+        print(line, flush=True)
+
+
+@contextlib.contextmanager
+def _sigterm_is_ctrl_c() -> Iterator[None]:
+    """SIGTERM (what `ray job stop` sends the driver) stops the sweep as Ctrl-C does: Tune
+    ends its trials and saves its state, the runs are ended in MLflow, placement groups
+    released. `ray job stop` waits ``RAY_JOB_STOP_WAIT_TIME_S`` (Ray's default: 3 s) before
+    SIGKILL; cluster/README.md sets it on the head so that this fits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_storage) -> Outcome:

@@ -542,16 +542,18 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90)
     raise AssertionError(f"{url} did not answer in {timeout:.0f} s\n{log.read_text()[-3000:]}")
 
 
-def _job_sweep(work: Path, tmp: Path, name: str) -> Path:
-    """A demo-sized sweep (2 trials, 2 epochs) whose data sit in the job's working dir."""
-    synth.generate(work / "data" / "synth", train_samples=512, shards=4, eval_per_class=2)
+def _job_sweep(work: Path, tmp: Path, name: str, file: str = "sweep.yaml", at: str = "") -> Path:
+    """A demo-sized sweep (2 trials, 2 epochs) whose data sit in the job's working dir (read
+    from there, or from ``at``: the data's absolute folder)."""
+    if not (work / "data" / "synth").is_dir():
+        synth.generate(work / "data" / "synth", train_samples=512, shards=4, eval_per_class=2)
     data = {
         "name": name,
         "train": {
             "model": {"arch": "tiny-vit"},
             "data": {
-                "train": "data/synth/train-{0000..0003}.tar",
-                "zeroshot": "data/synth/zeroshot",
+                "train": f"{at or 'data/synth'}/train-{{0000..0003}}.tar",
+                "zeroshot": f"{at or 'data/synth'}/zeroshot",
                 "samples_per_epoch": 128,
                 "loader_workers": 0,
             },
@@ -565,7 +567,7 @@ def _job_sweep(work: Path, tmp: Path, name: str) -> Path:
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": name},
         "storage": {"path": f"file://{tmp}/runs"},
     }
-    path = work / "sweep.yaml"
+    path = work / file
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -622,6 +624,7 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         RAY_AUTH_TOKEN=token,
         RAY_ADDRESS=f"127.0.0.1:{ports['port']}",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        RAY_JOB_STOP_WAIT_TIME_S="60",  # as cluster/README.md sets it: `ray job stop` below
         MLFLOW_TRACKING_TOKEN=canary,
     )
     client_env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
@@ -727,6 +730,71 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(tmp_path):
         (shipped,) = [p.parent for p in uploads.glob("*/.rayignore")]  # the sweep's had none
         assert (shipped / "best.yaml").is_file() and (work / "data").is_dir()
         assert not (shipped / "data").exists() and not (shipped / "runs").exists()
+
+        # `ray job stop` at the worst moment: as a trial's worker group starts. The sweep
+        # takes the SIGTERM as Ctrl-C: it ends its runs and leaves no placement group
+        _job_sweep(work, tmp_path, "jobstop", "stop.yaml", str(work / "data" / "synth"))
+        stopped_id = f"smotune-stop-{secrets.token_hex(4)}"
+        job = [ray_bin, "job"]
+        where = ["--address", address]
+        subprocess.run(
+            [*job, "submit", *where, "--no-wait", "--submission-id", stopped_id]
+            + ["--working-dir", str(work), "--runtime-env", str(CLUSTER / "runtime_env.yaml")]
+            + ["--", "smotune", "sweep", "stop.yaml"],
+            env=client_env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        deadline = time.monotonic() + 300
+
+        def job_logs() -> str:
+            return subprocess.run(
+                [*job, "logs", *where, stopped_id],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+
+        while not re.search(r"^\[search\] trial \S+ started ", said := job_logs(), re.M):
+            assert time.monotonic() < deadline and "\nsmotune: " not in said, said[-3000:]
+            time.sleep(0.3)
+        subprocess.run(
+            [*job, "stop", *where, stopped_id],
+            env=client_env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        status = subprocess.run(
+            [*job, "status", *where, stopped_id],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f"Job '{stopped_id}' was stopped" in status.stdout, status.stdout + status.stderr
+        said = job_logs()
+        assert "the sweep ended early (interrupted)" in said, said[-3000:]
+        groups: list[dict] = []
+        for _ in range(20):  # Ray removes a group asynchronously
+            listed = subprocess.run(
+                [ray_bin, "list", "placement-groups", *where, "--detail", "--format", "json"],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            groups = [g for g in json.loads(listed.stdout) if g["state"] != "REMOVED"]
+            if not groups:
+                break
+            time.sleep(0.5)
+        assert not groups, groups
+        stop_runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        stop_exp = stop_runs.get_experiment_by_name("jobstop")
+        left = stop_runs.search_runs([stop_exp.experiment_id])
+        assert left and not [r for r in left if r.info.status == "RUNNING"]
         passed = True
     finally:
         _stop_session(head)
