@@ -128,7 +128,7 @@ class Logged:
             config = {"loss.label_smoothing": s, "optim.weight_decay": wd}
             run_trial(search, trials, tune_trial(trial_id, config), epochs, nan, asha)
             if n == 0 and after_first_trial is not None:
-                assert search.flush(60)
+                assert search.flush(60) and tracking.wait_for_plots() is None  # drawn apart
                 after_first_trial(search.parent_run_id)
         search.on_experiment_end(trials)
         journal = tracking.sweep_journal_path(self.sweep)
@@ -154,8 +154,9 @@ class Logged:
         self.verdict = confirm.judge(self.groups, confirm.Plan.of(self.sweep))
         tracking.log_verdict(uri, self.parent_id, self.verdict, "zeroshot_top1")
         writer, deadline = live(journal), time.monotonic() + 900
-        while not writer.drain(30):  # each plot refresh holds up the writer for a few seconds
+        while not writer.drain(30):
             assert time.monotonic() < deadline, writer.status_line()
+        assert tracking.wait_for_plots() is None  # as a sweep's end waits for its drawer
         close_journal(writer)
 
 
