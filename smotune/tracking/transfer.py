@@ -19,13 +19,11 @@ is the config at the largest fidelity run. The confirm phase's ``verdict*`` and
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, RunTag
 
-from smotune.tracking.journal import drain_timeout, live_journals
 from smotune.tracking.names import (
     CONFIRM_METRICS,
     PHASE_TRANSFER,
@@ -41,7 +39,7 @@ from smotune.tracking.names import (
     TRANSFER_VERDICT_METRICS,
     transfer_mean,
 )
-from smotune.tracking.verdict import point_best
+from smotune.tracking.verdict import log_on_parent, point_best
 from smotune.transfer import Transfer
 
 
@@ -95,21 +93,7 @@ def log_transfer(uri: str, parent_id: str, found: Transfer, metric: str) -> None
     """Log the transfer phase on the parent and point best.yaml at its chosen config, through
     the sweep's journal (a ``tracking:`` line if it cannot be written now), or at once outside
     a sweep. The parent's plots are drawn again after it."""
-    record = transfer_record(found, metric)
-    now = int(time.time() * 1000)
-    for journal in live_journals():
-        key = journal.key_for(parent_id)
-        if journal.uri == uri and key is not None:
-            journal.append("transfer", parent=key, time=now, **record)
-            journal.append("plots", parent=key)  # transfer.png, the fidelities' means
-            if not journal.drain(drain_timeout()):
-                print(journal.status_line(), flush=True)
-            return
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    write_transfer(client, parent_id, record, now)
-    from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
-
-    upload_plots(client, parent_id)
+    log_on_parent(uri, parent_id, "transfer", transfer_record(found, metric), write_transfer)
 
 
 def write_transfer(

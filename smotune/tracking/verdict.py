@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -81,22 +82,35 @@ def log_verdict(uri: str, parent_id: str, verdict: Verdict, metric: str) -> str 
     Otherwise it is written at once and returns the chosen config's run id (None if
     none finished). Either way the parent's plots are drawn again after it.
     """
-    record = verdict_record(verdict, metric)
+    return log_on_parent(uri, parent_id, "verdict", verdict_record(verdict, metric), write_verdict)
+
+
+def log_on_parent(
+    uri: str,
+    parent_id: str,
+    op: str,
+    record: dict[str, Any],
+    write: Callable[[mlflow.MlflowClient, str, dict[str, Any], int], str | None],
+) -> str | None:
+    """A phase's record on the parent, then its plots drawn again: through the journal this
+    process writes when it knows ``parent_id`` (as journal op ``op``; None returned, a
+    ``tracking:`` line printed if it cannot be written now), else at once by ``write``
+    (what it returns)."""
     now = int(time.time() * 1000)
     for journal in live_journals():
         key = journal.key_for(parent_id)
         if journal.uri == uri and key is not None:
-            journal.append("verdict", parent=key, time=now, **record)
-            journal.append("plots", parent=key)  # the seed-paired plot, the verdict in its title
+            journal.append(op, parent=key, time=now, **record)
+            journal.append("plots", parent=key)  # the phase's plot, its words in the title
             if not journal.drain(drain_timeout()):
                 print(journal.status_line(), flush=True)
             return None
     client = mlflow.MlflowClient(tracking_uri=uri)
-    best_id = write_verdict(client, parent_id, record, now)
+    written = write(client, parent_id, record, now)
     from smotune.tracking.history import upload_plots  # matplotlib: only where plots are drawn
 
     upload_plots(client, parent_id)
-    return best_id
+    return written
 
 
 def write_verdict(
