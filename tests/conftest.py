@@ -22,7 +22,8 @@ def ray_cluster():
     if not ray.is_initialized():
         start_local_ray(
             num_cpus=2,
-            resources={"trial_driver": 2},
+            resources={"trial_driver": 2, "smotune_test_slot": 1000},  # the latter for
+            # test_ray_cluster's placement groups, which Ray's accounting can lose
             include_dashboard=True,
             log_to_driver=False,
             configure_logging=False,

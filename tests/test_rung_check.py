@@ -121,6 +121,7 @@ class Logged:
         writer, deadline = live(journal), time.monotonic() + 900
         while not writer.drain(30):
             assert time.monotonic() < deadline, writer.status_line()
+        assert tracking.wait_for_plots() is None  # as a sweep's end waits for its drawer
         self.journal = journal
         self.ops = [op["op"] for op in writer.snapshot().ops]
         close_journal(writer)
