@@ -115,7 +115,8 @@ def test_a_drawing_a_killed_sweep_never_finished_is_drawn_by_sync(sqlite_uri, tm
         )
         try:
             deadline = time.monotonic() + 120
-            while "tracking:" not in log.read_text():  # every write done, the drawing held
+            # every write done and the drawing held (its thread may say so after the writes)
+            while not {"tracking:", "drawing"} <= set(log.read_text().split()):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
         finally:
