@@ -165,21 +165,21 @@ def release(at_exit: bool = False) -> str | None:
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     own = ray.get_runtime_context().get_job_id() if at_exit else None
-    deadline = time.monotonic() + (RELEASE_WAIT_S if at_exit else 0.0)
+    deadline = time.monotonic() + RELEASE_WAIT_S  # for its actors to die, at exit
     found: dict[bytes, Any] = {}
-    while True:
+
+    def remove_new() -> None:
         for pg in left_behind(own):
             if pg.placement_group_id not in found:
                 found[pg.placement_group_id] = pg
                 remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
-        if own is None or not _own_actors_alive(own) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if own is not None:  # one more look: a group asked for while the last actor died
-        for pg in left_behind(own):
-            if pg.placement_group_id not in found:
-                found[pg.placement_group_id] = pg
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+
+    remove_new()
+    if own is not None:  # until its actors are gone, then one more look: a group asked for
+        while _own_actors_alive(own) and time.monotonic() <= deadline:  # as the last one died
+            time.sleep(0.5)
+            remove_new()
+        remove_new()
     if not found:
         return None
     held: dict[str, float] = {}

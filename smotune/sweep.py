@@ -320,8 +320,7 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         partial = f"from a partial sweep ({why}): `smotune sweep {sweep_file} --resume` finishes it"
         print(f"the sweep ended early ({why}): no verdict; resume it with --resume")
     print(_write_best(sweep, partial))
-    if (undrawn := tracking.wait_for_plots()) is not None:
-        print(undrawn, flush=True)
+    _say(tracking.wait_for_plots())
     print(tracking.where_to_look(sweep))
     return Outcome(rows, finished, interrupted)
 

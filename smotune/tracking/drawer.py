@@ -20,11 +20,9 @@ from typing import Any
 
 import mlflow
 
-from smotune.tracking.journal import Journal
+from smotune.tracking.journal import BACKOFF, Journal
 
 log = logging.getLogger(__name__)
-
-BACKOFF = (0.5, 5.0)  # first and longest wait between attempts, seconds (the writer's)
 
 
 class Drawer(threading.Thread):

@@ -43,6 +43,7 @@ from smotune.config import SweepConfig
 from smotune.errors import UserError
 
 JOURNAL_FILE = "mlflow-journal.jsonl"
+BACKOFF = (0.5, 5.0)  # a journal's writer and drawer: first and longest wait between attempts, s
 JOURNAL_DIR_ENV = "SMOTUNE_JOURNAL_DIR"
 DRAIN_ENV = "SMOTUNE_TRACKING_DRAIN_S"
 DRAIN_DEFAULT = 60.0

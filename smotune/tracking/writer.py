@@ -24,7 +24,7 @@ from smotune.errors import UserError
 from smotune.tracking import journal as journals
 from smotune.tracking.check import redact, short_reason
 from smotune.tracking.drawer import Drawer
-from smotune.tracking.journal import JOURNAL_FILE, Journal, read_records
+from smotune.tracking.journal import BACKOFF, JOURNAL_FILE, Journal, read_records
 from smotune.tracking.ops import Store, Unresolved, permanent
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ WRITER_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run" lines from the thread
 }
-BACKOFF = (0.5, 5.0)  # first and longest wait between attempts, seconds
 PERMANENT_ATTEMPTS = 3
 
 
