@@ -74,18 +74,23 @@ def _newest_state(names: list[str]) -> str | None:
     return max(states) if states else None
 
 
+def _newest_at(experiment_uri: str) -> tuple[pafs.FileSystem, str, str | None]:
+    """The store and folder of an experiment, and its newest state's file name (None: none)."""
+    store, root = pafs.FileSystem.from_uri(experiment_uri)
+    try:
+        infos = store.get_file_info(pafs.FileSelector(root))
+    except (FileNotFoundError, OSError):
+        return store, root, None
+    return store, root, _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
+
+
 def repair(experiment_uri: str, where: str) -> str | None:
     """Put smotune's copy back over a cut-off newest experiment state; say what was done.
 
     None when the newest state reads whole (or there is none). A cut-off state
     without a whole copy is a one-line UserError: Tune could not resume it.
     """
-    store, root = pafs.FileSystem.from_uri(experiment_uri)
-    try:
-        infos = store.get_file_info(pafs.FileSelector(root))
-    except (FileNotFoundError, OSError):
-        return None
-    newest = _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
+    store, root, newest = _newest_at(experiment_uri)
     if newest is None:
         return None
     if _whole(_read(store, f"{root}/{newest}")):
@@ -121,12 +126,7 @@ def end_trials(experiment_uri: str, ended: dict[str, dict[str, Any]]) -> list[st
     result becomes that, marked ``done``, as if Tune had saved after it ended. Returns the
     ids marked, in the state's order.
     """
-    store, root = pafs.FileSystem.from_uri(experiment_uri)
-    try:
-        infos = store.get_file_info(pafs.FileSelector(root))
-    except (FileNotFoundError, OSError):
-        return []
-    newest = _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
+    store, root, newest = _newest_at(experiment_uri)
     data = _read(store, f"{root}/{newest}") if newest else None
     if not _whole(data):
         return []
