@@ -36,6 +36,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 figure { margin: 2em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 .muted { color: #666; }
+.wide { overflow-x: auto; }
 """
 
 
@@ -53,15 +54,22 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _head(name: str) -> str:
+    """A column's name, free to break after each dot: dotted train paths make wide columns."""
+    return _esc(name).replace(".", ".<wbr>")
+
+
 def _table(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
-    out = ["<table>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    # a table still too wide for the page scrolls by itself; the page never scrolls sideways
+    header = "".join(f"<th>{_head(h)}</th>" for h in head)
+    out = ["<div class='wide'><table>", f"<tr>{header}</tr>"]
     for row in rows:
         cells = "".join(
             f"<td class='num'>{_esc(c)}</td>" if i in numeric else f"<td>{_esc(c)}</td>"
             for i, c in enumerate(row)
         )
         out.append(f"<tr>{cells}</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 

@@ -316,6 +316,12 @@ def test_report_rebuilds_plots_and_page_from_mlflow_alone(logged, tmp_path):
         assert row[3:6] == [str(group.n), f"{group.mean:.4f}", f"{group.std:.4f}"]
     assert rows[1][6] == f"{top1(0.05, 0.3, EPOCHS):.4f}"  # its score at the search seed
 
+    # a table too wide for the page scrolls by itself (seen at 1400 px: the confirm table
+    # pushed the page sideways), and a dotted train path may break after its dots
+    assert text.count("<div class='wide'><table>") == len(page.tables) == 2
+    assert ".wide { overflow-x: auto; }" in text
+    assert "<th>loss.<wbr>label_smoothing</th>" in text
+
 
 def test_report_user_mistakes_are_one_line(logged, tmp_path):
     cases = [
