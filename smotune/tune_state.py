@@ -60,11 +60,17 @@ def _read(store: pafs.FileSystem, path: str) -> bytes | None:
         return None
 
 
-def _whole(data: bytes | None) -> bool:
+def _parsed(data: bytes | None) -> dict[str, Any] | None:
+    """An experiment state read whole, or None (missing, or cut off mid-write)."""
     try:
-        return data is not None and isinstance(json.loads(data), dict)
+        state = json.loads(data) if data is not None else None
     except ValueError:
-        return False
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _whole(data: bytes | None) -> bool:
+    return _parsed(data) is not None
 
 
 def _newest_state(names: list[str]) -> str | None:
@@ -127,10 +133,9 @@ def end_trials(experiment_uri: str, ended: dict[str, dict[str, Any]]) -> list[st
     ids marked, in the state's order.
     """
     store, root, newest = _newest_at(experiment_uri)
-    data = _read(store, f"{root}/{newest}") if newest else None
-    if not _whole(data):
+    state = _parsed(_read(store, f"{root}/{newest}") if newest else None)
+    if state is None:
         return []
-    state = json.loads(data)
     marked = []
     for pair in state["trial_data"]:
         trial, meta = json.loads(pair[0]), json.loads(pair[1])
