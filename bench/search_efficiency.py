@@ -367,9 +367,13 @@ def make_sweep(grid, cfg, algo: str, asha: bool, seed: int, samples: int, work: 
 def searcher_and_scheduler(sweep):
     """smotune's searcher and scheduler, whichever signature they have today."""
     module = _search_module()
+    try:  # the study's own module since 2026-12-05
+        from smotune import optuna_study as study_module
+    except ImportError:
+        study_module = module
     url = storage = None
-    if hasattr(module, "prepare_study"):
-        url, storage = module.prepare_study(sweep, resume=False, where="bench")
+    if hasattr(study_module, "prepare_study"):
+        url, storage = study_module.prepare_study(sweep, resume=False, where="bench")
 
     def extra(fn) -> list[Any]:
         args = []

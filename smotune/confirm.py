@@ -94,7 +94,7 @@ def choose_groups(sweep: SweepConfig, storage: Any) -> list[Group]:
     import optuna  # the study: only where the confirm phase starts
     from optuna.trial import TrialState
 
-    from smotune.search import ATTR_TUNE_TRIAL, ATTR_WARM_START
+    from smotune.optuna_study import ATTR_TUNE_TRIAL, ATTR_WARM_START
     from smotune.space import default_point
 
     assert sweep.search.confirm is not None

@@ -36,7 +36,7 @@ from ray.util.queue import Empty, Queue
 
 from smotune.config import DAMAGE_KEY, SweepConfig
 from smotune.lines import epoch_line
-from smotune.search import TIME_ATTR
+from smotune.optuna_study import TIME_ATTR
 from smotune.space import optuna_space
 
 LOG_FILE = "smotune-ray.log"
@@ -229,7 +229,7 @@ def _reason(trial: Any) -> str:
 def log_file(storage_path: str, name: str) -> tuple[Path, bool]:
     """Where a sweep's or run's Ray logs go: ``<storage>/<name>/smotune-ray.log`` for a local
     storage path, else ``./smotune-logs/<name>/smotune-ray.log`` (False: not under storage)."""
-    from smotune.search import local_dir
+    from smotune.optuna_study import local_dir
 
     local = local_dir(storage_path)
     if local is not None:

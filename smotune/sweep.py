@@ -43,6 +43,7 @@ from smotune import (
     confirm,
     confirm_run,
     console,
+    optuna_study,
     ray_cluster,
     search,
     tracking,
@@ -216,9 +217,9 @@ def run_sweep(
     where = str(sweep_file)
     started = time.monotonic()
     path = _check_start(sweep, where, resume)
-    study_url, study_storage = search.prepare_study(sweep, resume, where)
+    study_url, study_storage = optuna_study.prepare_study(sweep, resume, where)
     if resume:  # a trial that ended after Tune's last save is not run again
-        ended = search.ended_trials(study_storage, sweep.name, sweep.search.metric)
+        ended = optuna_study.ended_trials(study_storage, sweep.name, sweep.search.metric)
         marked = tune_state.end_trials(tuners.experiment_path(sweep), ended)
         if marked:
             print(

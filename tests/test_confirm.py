@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from smotune import confirm, search, stats
+from smotune import confirm, optuna_study, stats
 from smotune.config import SweepConfig
 
 
@@ -120,7 +120,7 @@ def _sweep(tmp_path, include_default: bool = True) -> SweepConfig:
 
 def test_groups_are_the_baseline_and_the_top_completed_configs(tmp_path):
     sweep = _sweep(tmp_path)
-    url, storage = search.prepare_study(sweep, resume=False, where="t")
+    url, storage = optuna_study.prepare_study(sweep, resume=False, where="t")
     study = optuna.load_study(study_name="c", storage=url)
     dist = {"loss.label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)}
 
@@ -132,7 +132,7 @@ def test_groups_are_the_baseline_and_the_top_completed_configs(tmp_path):
                 value=value,
                 state=state,
                 intermediate_values={1: value} if value is not None else {},
-                user_attrs={search.ATTR_TUNE_TRIAL: tune_id or f"t{ls}"},
+                user_attrs={optuna_study.ATTR_TUNE_TRIAL: tune_id or f"t{ls}"},
             )
         )
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from smotune import confirm, plots, tracking
+from smotune import confirm, optuna_study, plots, tracking
 from smotune import search as smotune_search
 from smotune.config import SweepConfig
 from smotune.tracking.history import read_sweep
@@ -121,7 +121,7 @@ class Logged:
         text = SWEEP_YAML.format(name=name, uri=uri, storage=storage)
         self.uri, self.name = uri, name
         self.sweep = SweepConfig.model_validate(yaml.safe_load(text))
-        asha = smotune_search.make_scheduler(self.sweep, smotune_search.storage_url(self.sweep))
+        asha = smotune_search.make_scheduler(self.sweep, optuna_study.storage_url(self.sweep))
         search = tracking.MlflowSweepCallback(self.sweep, text, scheduler=asha)
         trials: list = []
         for n, (trial_id, (s, wd, epochs, nan)) in enumerate(SEARCH.items()):

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from smotune import console, search, tune_state
+from smotune import console, optuna_study, search, tune_state
 from smotune.config import SweepConfig
 from smotune.errors import UserError
 
@@ -139,7 +139,7 @@ def test_optuna_is_told_every_epoch_and_how_each_trial_ended(
     cloudpickle.register_pickle_by_value(trivial_trainable)  # Ray's workers cannot import it
     trainable = trivial_trainable.trainable
     sweep = _sweep(tmp_path, "told", SEQUENCE)
-    url, storage = search.prepare_study(sweep, resume=False, where="test")
+    url, storage = optuna_study.prepare_study(sweep, resume=False, where="test")
     assert url == f"sqlite:///{tmp_path}/runs/told/optuna.db"
     _enqueue(sweep, url, SEQUENCE)
     grid = _tuner(sweep, trainable, url, storage).fit()
@@ -151,7 +151,7 @@ def test_optuna_is_told_every_epoch_and_how_each_trial_ended(
     assert len(trials) == len(SEQUENCE)
     by_ls = {}
     for t in trials:
-        tune_id = t.user_attrs[search.ATTR_TUNE_TRIAL]
+        tune_id = t.user_attrs[optuna_study.ATTR_TUNE_TRIAL]
         sent = reported[tune_id]
         finite = {e: v for e, v in sent.items() if math.isfinite(v)}
         # every epoch the trainable reported, the stopping epoch included, and nothing else
@@ -182,7 +182,8 @@ def _the_console_said_it(out: str, by_ls: dict[float, Any]) -> None:
     them: at BAD's first epoch the epoch-1 rung held GOOD's 1/3; at MIDDLING's second epoch
     the epoch-2 rung held GOOD's 2/3 (MIDDLING's 0.3 passed rung 1's median 0.25)."""
     lines = out.splitlines()
-    who = {ls: f"[search] trial {t.user_attrs[search.ATTR_TUNE_TRIAL]}" for ls, t in by_ls.items()}
+    trial_id = optuna_study.ATTR_TUNE_TRIAL
+    who = {ls: f"[search] trial {t.user_attrs[trial_id]}" for ls, t in by_ls.items()}
     for ls in SEQUENCE:
         assert f"{who[ls]} started  loss.label_smoothing={ls:.4g}" in lines, out
     good = [f"{who[GOOD]} epoch {e}/3  zeroshot_top1 {curve(GOOD, e):.4f}" for e in (1, 2, 3)]
@@ -237,7 +238,7 @@ def _a_cut_off_tune_state_is_put_back(experiment: Path, trial_ids: set[str]) -> 
 RESUMABLE = """
 import os, sys
 from ray import tune
-from smotune import search
+from smotune import optuna_study, search
 from smotune.config import SweepConfig
 from ray import cloudpickle
 sys.path.insert(0, os.path.dirname(__file__))
@@ -251,8 +252,8 @@ fn = tune.with_resources(trainable, {"cpu": 1})
 if sys.argv[2] == "resume":
     tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=False)
 else:
-    url = search.storage_url(sweep)
-    storage = search.open_storage(url)
+    url = optuna_study.storage_url(sweep)
+    storage = optuna_study.open_storage(url)
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
@@ -304,7 +305,7 @@ def test_asha_stops_the_same_trials_after_a_killed_sweep_is_resumed(ray_cluster,
     }
     # the same sweep twice: uninterrupted, and killed after its third trial then resumed
     whole = _sweep(tmp_path, "whole", RESUME_SEQUENCE)
-    url = search.prepare_study(whole, resume=False, where="test")[0]
+    url = optuna_study.prepare_study(whole, resume=False, where="test")[0]
     _enqueue(whole, url, RESUME_SEQUENCE)
     _run_script(tmp_path, whole, "start", env)
     expected = _states(url, "whole")
@@ -312,7 +313,7 @@ def test_asha_stops_the_same_trials_after_a_killed_sweep_is_resumed(ray_cluster,
     assert stopped == set(RESUME_SEQUENCE) - {GOOD}, expected
 
     cut = _sweep(tmp_path, "cut", RESUME_SEQUENCE)
-    cut_url = search.prepare_study(cut, resume=False, where="test")[0]
+    cut_url = optuna_study.prepare_study(cut, resume=False, where="test")[0]
     _enqueue(cut, cut_url, RESUME_SEQUENCE)
     first = _run_script(tmp_path, cut, "start", env, wait=False)
     study = optuna.load_study(study_name="cut", storage=cut_url)
@@ -342,7 +343,7 @@ def _tune_saved(folder: Path, *trial_ids: str) -> None:
 def _straight_draws(tmp_path: Path, algo: str, result: dict, n: int) -> list[float]:
     """What an uninterrupted sweep suggests: n trials, each ending with ``result``."""
     sweep = _sweep(tmp_path, f"straight-{algo}", [0.0] * 4, space=UNIFORM, algo=algo)
-    searcher = search.make_searcher(sweep, search.prepare_study(sweep, False, "x")[1])
+    searcher = search.make_searcher(sweep, optuna_study.prepare_study(sweep, False, "x")[1])
     drawn = []
     for i in range(n):
         drawn.append(searcher.suggest(str(i))[LS])
@@ -357,10 +358,10 @@ def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path, al
     an error that ended the sweep). b is told FAIL and its config is suggested next (was: a
     new draw), and the draw after it is the one an uninterrupted sweep makes next (was: b's
     config again, from the sampler's random state as the searcher's save had it)."""
-    stopped = {"zeroshot_top1": 0.3, search.TIME_ATTR: 1}
+    stopped = {"zeroshot_top1": 0.3, optuna_study.TIME_ATTR: 1}
     drawn = _straight_draws(tmp_path, algo, stopped, 3)
     sweep = _sweep(tmp_path, "orphan", [0.0] * 4, space=UNIFORM, algo=algo)
-    url, storage = search.prepare_study(sweep, resume=False, where="orphan.yaml")
+    url, storage = optuna_study.prepare_study(sweep, resume=False, where="orphan.yaml")
     killed = search.make_searcher(sweep, storage)
     assert killed.suggest("a") == {LS: drawn[0]}
     saved = tmp_path / "saved"
@@ -370,7 +371,7 @@ def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path, al
     killed.on_trial_complete("a", stopped)
     assert killed.suggest("b") == {LS: drawn[1]}
 
-    resumed = search.make_searcher(sweep, search.open_storage(url))
+    resumed = search.make_searcher(sweep, optuna_study.open_storage(url))
     resumed.restore_from_dir(str(saved))
     resumed.on_trial_result("a", {**stopped, "zeroshot_top1": 0.9})
     resumed.on_trial_complete("a", {**stopped, "zeroshot_top1": 0.9})
@@ -379,7 +380,7 @@ def test_what_the_study_learnt_after_the_last_save_stands_on_resume(tmp_path, al
     assert resumed.suggest("d") == {LS: drawn[2]}
     study = optuna.load_study(study_name="orphan", storage=url)
     assert [
-        (t.state, t.params[LS], t.user_attrs[search.ATTR_TUNE_TRIAL], t.intermediate_values)
+        (t.state, t.params[LS], t.user_attrs[optuna_study.ATTR_TUNE_TRIAL], t.intermediate_values)
         for t in study.get_trials()
     ] == [
         (TrialState.PRUNED, drawn[0], "a", {1: 0.3}),
@@ -394,10 +395,10 @@ def test_a_trial_tune_restored_is_the_searchers_though_its_saved_state_is_older(
     newer than the searcher's state: trial b, suggested after the searcher's save, is in
     Tune's. Tune runs b on, and b's results reach b's study trial; the next suggestion is a
     new draw (was: b told FAIL, its results dropped, its config run a second time)."""
-    done = {"zeroshot_top1": 0.4, search.TIME_ATTR: EPOCHS}
+    done = {"zeroshot_top1": 0.4, optuna_study.TIME_ATTR: EPOCHS}
     drawn = _straight_draws(tmp_path, "random", done, 3)
     sweep = _sweep(tmp_path, "older", [0.0] * 4, space=UNIFORM)
-    url, storage = search.prepare_study(sweep, resume=False, where="older.yaml")
+    url, storage = optuna_study.prepare_study(sweep, resume=False, where="older.yaml")
     killed = search.make_searcher(sweep, storage)
     killed.suggest("a")
     saved = tmp_path / "saved"
@@ -406,10 +407,10 @@ def test_a_trial_tune_restored_is_the_searchers_though_its_saved_state_is_older(
     assert killed.suggest("b") == {LS: drawn[1]}
     _tune_saved(saved, "a", "b")  # Tune's state, uploaded after the searcher's
 
-    resumed = search.make_searcher(sweep, search.open_storage(url))
+    resumed = search.make_searcher(sweep, optuna_study.open_storage(url))
     resumed.restore_from_dir(str(saved))
     for trial in "ab":
-        resumed.on_trial_result(trial, {**done, search.TIME_ATTR: 1})
+        resumed.on_trial_result(trial, {**done, optuna_study.TIME_ATTR: 1})
         resumed.on_trial_complete(trial, done)
     assert resumed.suggest("c") == {LS: drawn[2]}
     study = optuna.load_study(study_name="older", storage=url)
@@ -426,18 +427,18 @@ def test_remote_storage_needs_a_study_storage(tmp_path):
     sweep = _sweep(tmp_path, "remote", [0.0, 0.1])
     sweep.storage.path = "s3://bucket/sweeps"
     with pytest.raises(UserError, match="search.storage"):
-        search.storage_url(sweep)
+        optuna_study.storage_url(sweep)
     sweep.search.storage = f"sqlite:///{tmp_path}/study.db"
-    assert search.storage_url(sweep) == sweep.search.storage
+    assert optuna_study.storage_url(sweep) == sweep.search.storage
     file_uri = _sweep(tmp_path, "f", [0.0, 0.1])
     file_uri.storage.path = f"file://{tmp_path}/runs"
-    assert search.storage_url(file_uri) == f"sqlite:///{tmp_path}/runs/f/optuna.db"
+    assert optuna_study.storage_url(file_uri) == f"sqlite:///{tmp_path}/runs/f/optuna.db"
 
 
 def _finished_study(tmp_path: Path, name: str) -> None:
     """An earlier sweep's study: one COMPLETE and one PRUNED trial."""
     sweep = _sweep(tmp_path, name, [0.0, 0.1, 0.2])
-    url = search.prepare_study(sweep, resume=False, where="test")[0]
+    url = optuna_study.prepare_study(sweep, resume=False, where="test")[0]
     study = optuna.load_study(study_name=name, storage=url)
     dist = {"loss.label_smoothing": optuna.distributions.CategoricalDistribution([0.0, 0.1, 0.2])}
     study.add_trial(
@@ -461,17 +462,17 @@ def _finished_study(tmp_path: Path, name: str) -> None:
 def test_warm_start_seeds_a_new_study_with_the_earlier_finished_trials(tmp_path):
     _finished_study(tmp_path, "first")
     sweep = _sweep(tmp_path, "second", [0.0, 0.1, 0.2], warm_start="first")
-    url, _ = search.prepare_study(sweep, resume=False, where="second.yaml")
+    url, _ = optuna_study.prepare_study(sweep, resume=False, where="second.yaml")
     trials = optuna.load_study(study_name="second", storage=url).get_trials()
     assert [(t.state, t.params, t.value) for t in trials] == [
         (TrialState.COMPLETE, {"loss.label_smoothing": 0.1}, 0.9),
         (TrialState.PRUNED, {"loss.label_smoothing": 0.2}, None),
     ]
     assert trials[0].intermediate_values == {1: 0.5, 2: 0.9}
-    assert trials[1].user_attrs[search.ATTR_WARM_START] == "first#1"
+    assert trials[1].user_attrs[optuna_study.ATTR_WARM_START] == "first#1"
     # a new sweep on a study that already has trials is refused (it is another sweep's)
     with pytest.raises(UserError, match="already has 2 trials"):
-        search.prepare_study(sweep, resume=False, where="second.yaml")
+        optuna_study.prepare_study(sweep, resume=False, where="second.yaml")
 
 
 @pytest.mark.parametrize(
@@ -486,7 +487,7 @@ def test_warm_start_from_an_incompatible_study_is_one_line(tmp_path, values, kw,
     _finished_study(tmp_path, "first")
     sweep = _sweep(tmp_path, "second", values, **kw)
     with pytest.raises(UserError, match=message) as err:
-        search.prepare_study(sweep, resume=False, where="second.yaml")
+        optuna_study.prepare_study(sweep, resume=False, where="second.yaml")
     assert "search.warm_start" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -511,9 +512,9 @@ def _private_names_used(module: Path) -> set[str]:
 
 
 def test_ray_internals_the_searcher_and_asha_rely_on():
-    """A Ray (or Optuna) upgrade that renames what search.py's subclasses read fails here, naming
-    the attribute and the Ray version pyproject.toml pins; so does a new private name used in
-    search.py that this test does not check."""
+    """A Ray (or Optuna) upgrade that renames what search.py's subclasses (or optuna_study.py)
+    read fails here, naming the attribute and the Ray version pyproject.toml pins; so does a new
+    private name used in either file that this test does not check."""
     import ray
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -525,7 +526,7 @@ def test_ray_internals_the_searcher_and_asha_rely_on():
     dist = optuna.distributions.FloatDistribution(0, 1)
     searcher = OptunaSearch(space={"x": dist}, metric="m", mode="max")
     asha = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=9, reduction_factor=3)
-    owners = {  # each private name search.py reads -> the object it reads it from
+    owners = {  # each private name the two files read -> the object it reads it from
         "_ot_trials": ("ray.tune.search.optuna.OptunaSearch", searcher),
         "_ot_study": ("ray.tune.search.optuna.OptunaSearch", searcher),
         "_completed_trials": ("ray.tune.search.optuna.OptunaSearch", searcher),
@@ -538,17 +539,19 @@ def test_ray_internals_the_searcher_and_asha_rely_on():
         "_contains": ("optuna.distributions.FloatDistribution", dist),
         "_trial_id": ("optuna.trial.FrozenTrial", optuna.trial.create_trial(value=0.0)),
     }
-    used = _private_names_used(Path(search.__file__))
+    used = _private_names_used(Path(search.__file__)) | _private_names_used(
+        Path(optuna_study.__file__)
+    )
     assert used <= set(owners), (
-        f"search.py reads {sorted(used - set(owners))} off Ray's or Optuna's objects: add them "
-        "to this test, which checks every private name search.py relies on"
+        f"search.py or optuna_study.py reads {sorted(used - set(owners))} off Ray's or Optuna's "
+        "objects: add them to this test, which checks every private name the two rely on"
     )
     missing = [
         f"{where} has no {name}" for name, (where, obj) in owners.items() if not hasattr(obj, name)
     ]
     assert not missing, (
         f"Ray {ray.__version__}, Optuna {optuna.__version__}: {'; '.join(missing)}, which "
-        f"smotune/search.py uses; {checked_on}"
+        f"smotune/search.py or optuna_study.py uses; {checked_on}"
     )
     assert isinstance(searcher._ot_trials, dict) and isinstance(searcher._completed_trials, set)
     assert isinstance(searcher._ot_study, optuna.Study)
