@@ -313,8 +313,11 @@ def test_a_diverging_run_fails_and_says_why(ray_cluster, synth_data, tmp_path):
     with pytest.raises(trial.WorkerError) as failed:
         trial.run_train(cfg, storage=str(tmp_path / "runs"), name="diverge")
     reason = str(failed.value)
+    # both ranks diverge at the same step (DDP keeps their weights equal); Train names the ranks
+    # whose errors it had when it stopped the group: both, or the first to raise (seen once in
+    # a fresh clone: "rank 0: ..."). Grouping ranks with one error: test_trial
     assert re.fullmatch(
-        r"rank 0,1: FloatingPointError: loss is (nan|inf) at epoch 1, step \d+", reason
+        r"rank (0|1|0,1): FloatingPointError: loss is (nan|inf) at epoch 1, step \d+", reason
     ), reason
     assert not _checkpoints(tmp_path / "runs", "diverge")
 
