@@ -106,6 +106,10 @@ def _sweep_file(tmp_path: Path, shards: str, zeroshot: Path, uri: str) -> Path:
     return path
 
 
+def _step(metric) -> int:
+    return metric.step
+
+
 def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp_path, sqlite_uri):
     s3_server.bucket(BUCKET)
     shards = [
@@ -161,6 +165,11 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
     assert killed, first_out[-3000:]
     saved = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment, KEPT_STATE)}
     print(f"driver killed: {killed}; Tune state in the bucket then: {saved}")
+    (cut_short,) = [i for i, s in saved.items() if s == "RUNNING"]
+    # the checkpoint Train's snapshot named when the driver died: epoch 1's, or epoch 2's when
+    # the run got that far between the loop's last look and the kill
+    with store.open_input_stream(f"{experiment}/train/train-{cut_short}/{SNAPSHOT}") as f:
+        at_kill = json.loads(f.readall())["latest_checkpoint_result"]["metrics"]
     newest = _newest(store, experiment, TUNE_STATE)
     copy = _newest(store, experiment, KEPT_STATE)
     assert newest.rsplit(TUNE_STATE, 1)[1] == copy.rsplit(KEPT_STATE, 1)[1]  # the same session
@@ -196,9 +205,19 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
         assert k.data.tags["status"] == "completed" and k.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(k.info.run_id, "zeroshot_top1")]
         assert steps == [1, 2], (k.data.tags["trial_id"], steps)
-        restarts = [m.value for m in client.get_metric_history(k.info.run_id, "restarts")]
-        went_on = saved[k.data.tags["trial_id"]] == "RUNNING"
-        assert restarts == [0, 1 if went_on else 0], (k.data.tags["trial_id"], restarts)
+        history = client.get_metric_history
+        logged = {
+            name: [m.value for m in sorted(history(k.info.run_id, name), key=_step)]
+            for name in ("restarts", "samples_per_s")
+        }
+        if k.data.tags["trial_id"] != cut_short:
+            assert logged["restarts"] == [0, 0], logged
+            continue
+        # it went on from that checkpoint: the checkpoint's epoch is in MLflow as the checkpoint
+        # reported it (not trained again), and each epoch trained after it counts the restart
+        e = int(at_kill["epoch"])
+        assert logged["samples_per_s"][e - 1] == pytest.approx(at_kill["samples_per_s"], rel=1e-9)
+        assert logged["restarts"] == [0] * e + [1] * (2 - e), (e, logged)
     resumed_out = again.stdout + again.stderr
     assert resumed_out.count("epoch 2/2") == 1, resumed_out[-3000:]
     # the epoch the checkpoint ended is said again only when Tune's saved state had not yet
