@@ -166,8 +166,13 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
     saved = {t["trial_id"]: t["status"] for t in _tune_trials(store, experiment, KEPT_STATE)}
     print(f"driver killed: {killed}; Tune state in the bucket then: {saved}")
     (cut_short,) = [i for i, s in saved.items() if s == "RUNNING"]
-    # the checkpoint Train's snapshot named when the driver died: epoch 1's, or epoch 2's when
-    # the run got that far between the loop's last look and the kill
+    # the killed driver's Ray workers (their own process groups) outlive it by a moment and may
+    # finish an epoch: once the session is empty, the checkpoint Train's snapshot names is
+    # epoch 1's, or epoch 2's when the run got that far (a fresh clone met both)
+    deadline = time.time() + 60
+    while subprocess.run(["pgrep", "-s", str(first.pid)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "the killed sweep's processes outlived it by 60 s"
+        time.sleep(0.2)
     with store.open_input_stream(f"{experiment}/train/train-{cut_short}/{SNAPSHOT}") as f:
         at_kill = json.loads(f.readall())["latest_checkpoint_result"]["metrics"]
     newest = _newest(store, experiment, TUNE_STATE)
