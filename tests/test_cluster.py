@@ -38,6 +38,7 @@ import pytest
 import ray
 import yaml
 from multinode_train import free_ports
+from sessions import session_pids
 
 from smotune import config
 from smotune.data import shards, synth
@@ -492,18 +493,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
 def _stop_session(proc: subprocess.Popen, grace: float = 30.0) -> None:
     """Stop a process started with start_new_session=True and everything in its session."""
     if proc.poll() is None:
@@ -514,7 +503,7 @@ def _stop_session(proc: subprocess.Popen, grace: float = 30.0) -> None:
             proc.kill()
             proc.wait()
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _session_pids(proc.pid)
+        pids = session_pids(proc.pid)
         for pid in pids:
             try:
                 os.kill(pid, sig)
@@ -523,7 +512,7 @@ def _stop_session(proc: subprocess.Popen, grace: float = 30.0) -> None:
         deadline = time.time() + 10
         while pids and time.time() < deadline:
             time.sleep(0.2)
-            pids = _session_pids(proc.pid)
+            pids = session_pids(proc.pid)
         if not pids:
             return
 

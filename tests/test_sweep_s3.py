@@ -22,6 +22,7 @@ import mlflow
 import pytest
 import yaml
 from pyarrow import fs
+from sessions import session_pids
 
 from smotune import tune_state
 
@@ -170,7 +171,7 @@ def test_sweep_reads_shards_and_keeps_its_state_on_s3(s3_server, synth_data, tmp
     # finish an epoch: once the session is empty, the checkpoint Train's snapshot names is
     # epoch 1's, or epoch 2's when the run got that far (a fresh clone met both)
     deadline = time.time() + 60
-    while subprocess.run(["pgrep", "-s", str(first.pid)], capture_output=True).returncode == 0:
+    while session_pids(first.pid):
         assert time.time() < deadline, "the killed sweep's processes outlived it by 60 s"
         time.sleep(0.2)
     with store.open_input_stream(f"{experiment}/train/train-{cut_short}/{SNAPSHOT}") as f:
