@@ -90,6 +90,11 @@ def _newest_at(experiment_uri: str) -> tuple[pafs.FileSystem, str, str | None]:
     return store, root, _newest_state([i.base_name for i in infos if i.type == pafs.FileType.File])
 
 
+def saved(experiment_uri: str) -> bool:
+    """Whether Tune saved a state of this experiment (which a restored Tuner resumes from)."""
+    return _newest_at(experiment_uri)[2] is not None
+
+
 def repair(experiment_uri: str, where: str) -> str | None:
     """Put smotune's copy back over a cut-off newest experiment state; say what was done.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import tune
 
-from smotune import trial
+from smotune import trial, tune_state
 from smotune.config import SweepConfig
 
 
@@ -40,9 +40,12 @@ def make(
     """A new Tuner for ``name`` under the sweep's storage, or the interrupted one restored.
 
     Tune's own result tables only with ``verbose``; ``callbacks`` (the MLflow one and the
-    console) come back with a restored Tuner from its saved state."""
+    console) come back with a restored Tuner from its saved state. A Tuner whose driver died
+    before Tune's first save (its ``tuner.pkl`` written, no experiment state; nothing ran) is
+    made anew: restored, Ray would start it over without its ``param_space`` (Tuner state
+    keeps only the keys), and the preset points of a confirm round fail on it (KeyError)."""
     path = experiment_path(sweep, name)
-    if resume and tune.Tuner.can_restore(path):
+    if resume and tune.Tuner.can_restore(path) and tune_state.saved(path):
         # the MLflow callback comes back from the experiment state, re-attached to its runs
         return tune.Tuner.restore(path, trainable=trainable(sweep), resume_errored=False)
     return tune.Tuner(
