@@ -281,7 +281,9 @@ def _run(sweep, sweep_file, resume, verbose, started, path, study_url, study_sto
         scheduler,
         sweep.search.samples,
         [
-            tracking.MlflowSweepCallback(sweep, text, parent_tags=parent_tags, scheduler=scheduler),
+            tracking.MlflowSweepCallback(
+                sweep, text, parent_tags=parent_tags, scheduler=scheduler, resumed=resume
+            ),
             console.SweepConsole(sweep, sweep.search.samples, "search", scheduler=scheduler),
         ],
         resume,

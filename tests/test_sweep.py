@@ -682,3 +682,63 @@ def test_a_round_killed_before_tunes_first_save_is_run_anew(ray_cluster, synth_d
     assert tune_state.saved(experiment)  # a second resume restores it, ended: the same trial
     (again,) = round_tuner(resume=True).fit()
     assert again.metrics["trial_id"] == result.metrics["trial_id"] and again.metrics["done"]
+
+
+# What a sweep's driver does up to its search Tuner's first step, then it dies: its Tuner
+# made (tuner.pkl), the MLflow callback set up (the parent run created), no Tune save yet.
+_DIES_BEFORE_TUNES_FIRST_SAVE = """
+import os, sys
+from pathlib import Path
+from smotune import config, optuna_study, search, sweep, tracking, tuners
+path = sys.argv[1]
+cfg = config.load_sweep(path)
+sweep._check_start(cfg, path, resume=False)
+url, storage = optuna_study.prepare_study(cfg, False, path)
+callback = tracking.MlflowSweepCallback(cfg, Path(path).read_text())
+scheduler = search.make_scheduler(cfg, url)
+searcher = search.make_searcher(cfg, storage)
+tuners.make(cfg, cfg.name, searcher, scheduler, 1, [callback], False, False)
+callback.setup()
+assert callback.flush()
+os._exit(9)
+"""
+
+
+def test_a_search_killed_before_tunes_first_save_resumes_under_its_parent_run(
+    ray_cluster, synth_data, tmp_path
+):
+    """The search's Tuner made anew on --resume (nothing ran in it) logs under the parent run
+    the killed driver created, not a second one (that one would stay RUNNING, empty)."""
+    from ray import tune
+
+    from smotune import tune_state
+
+    path = _sweep_file(tmp_path, synth_data, "early", 1, 0)
+    data = yaml.safe_load(path.read_text())
+    data["train"]["epochs"] = 1
+    path.write_text(yaml.safe_dump(data))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_BEFORE_TUNES_FIRST_SAVE, str(path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert died.returncode == 9, died.stderr[-3000:]
+    experiment = str(tmp_path / "runs" / "early")
+    assert tune.Tuner.can_restore(experiment) and not tune_state.saved(experiment)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("early")
+    (before,) = client.search_runs([exp.experiment_id])  # the parent, RUNNING
+    assert before.data.tags["kind"] == "sweep" and before.info.status == "RUNNING"
+
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "smotune", "sweep", str(path), "--resume"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    (child,) = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert parent.info.run_id == before.info.run_id and parent.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["status"] == "completed" and child.info.status == "FINISHED"

@@ -101,7 +101,9 @@ class MlflowSweepCallback(Callback):
     Tune state, see :func:`~smotune.tracking.journal.sweep_journal_path`).
     ``scheduler`` (the search's, if it has ``stop_rung``) gives an early-stopped
     trial's ``reason`` tag the rung and cutoff that stopped it, worded as the
-    console words it.
+    console words it. ``resumed``: a resumed sweep's callback that Tune did not restore
+    (its Tuner was made anew: the driver died before Tune's first save) takes up the
+    journal and the parent run it holds, as a restored one does.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class MlflowSweepCallback(Callback):
         confirm_labels: Callable[[dict[str, Any]], str] | None = None,
         journal: str | Path | None = None,
         scheduler: Any = None,
+        resumed: bool = False,
     ):
         self.sweep = sweep
         self.scheduler = scheduler
@@ -124,7 +127,7 @@ class MlflowSweepCallback(Callback):
         self.journal_path = Path(journal) if journal else sweep_journal_path(sweep)
         self._parent_id: str | None = parent_run_id
         self._parent_key: str | None = None
-        self._restored = parent_run_id is not None
+        self._restored = parent_run_id is not None or resumed
         self._trials: dict[str, dict[str, Any]] = {}
         self._journal: Journal | None = None
 
@@ -175,6 +178,8 @@ class MlflowSweepCallback(Callback):
         journal = open_journal(self.journal_path, uri, fresh=not self._restored)
         if self._parent_key is None and self._parent_id is not None:
             self._parent_key = journal.key_for(self._parent_id)  # a key, or a known run id
+        elif self._parent_key is None and self._restored:  # a resumed search's own parent
+            self._parent_key = journal.snapshot().parent_key
         if self._parent_key is None:
             self._parent_key = new_parent_key()
         if self._parent_id is not None and self._parent_id != self._parent_key:
