@@ -31,7 +31,7 @@ GOOD_LR, BAD_LR = 1e-3, 1e-9
 
 
 def _sweep_file(
-    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, **search_kw
+    tmp_path: Path, synth_data: Path, name: str, samples: int, seed: int, epochs=2, **search_kw
 ) -> Path:
     """A tiny sweep whose space has a clearly bad region (lr 1e-9 learns nothing).
 
@@ -48,7 +48,7 @@ def _sweep_file(
                 "loader_workers": 0,
             },
             "optim": {"lr": GOOD_LR, "warmup_steps": 3, "batch_size": 64},
-            "epochs": 2,
+            "epochs": epochs,
             "workers": {"num": 1, "cpus": 1},
         },
         "space": {
@@ -657,10 +657,7 @@ def test_a_round_killed_before_tunes_first_save_is_run_anew(ray_cluster, synth_d
 
     from smotune import tune_state, tuners
 
-    path = _sweep_file(tmp_path, synth_data, "window", 1, 0)
-    data = yaml.safe_load(path.read_text())
-    data["train"]["epochs"] = 1
-    path.write_text(yaml.safe_dump(data))
+    path = _sweep_file(tmp_path, synth_data, "window", 1, 0, epochs=1)
     cfg = config.load_sweep(path)
     runs = [{"loss.label_smoothing": 0.1, "optim.lr": GOOD_LR, "seed": 7}]
 
@@ -713,10 +710,7 @@ def test_a_search_killed_before_tunes_first_save_resumes_under_its_parent_run(
 
     from smotune import tune_state
 
-    path = _sweep_file(tmp_path, synth_data, "early", 1, 0)
-    data = yaml.safe_load(path.read_text())
-    data["train"]["epochs"] = 1
-    path.write_text(yaml.safe_dump(data))
+    path = _sweep_file(tmp_path, synth_data, "early", 1, 0, epochs=1)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     died = subprocess.run(
         [sys.executable, "-c", _DIES_BEFORE_TUNES_FIRST_SAVE, str(path)],
